@@ -1,0 +1,92 @@
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include "api/job.hpp"
+#include "api/requests.hpp"
+#include "workers/job_type.hpp"
+
+namespace switchyard::api {
+
+/// The answer to a submission.
+struct SubmitResult {
+  enum class Kind {
+    accepted,    ///< new jobs were created
+    replayed,    ///< the Idempotency-Key matched an earlier identical request: its jobs
+    conflict,    ///< the Idempotency-Key was used with a different request
+    queue_full,  ///< admission refused (429)
+    draining,    ///< the server is shutting down (503)
+  };
+  Kind kind = Kind::accepted;
+  std::vector<Job> jobs;            ///< for accepted and replayed
+  int retry_after_s = 1;            ///< for queue_full and draining
+  std::string detail;               ///< for refusals
+};
+
+/// The answer to a cancellation.
+struct CancelResult {
+  enum class Kind {
+    dequeued,   ///< it was queued; now cancelled
+    killed,     ///< it ran on a worker process, which was killed and replaced
+    requested,  ///< it runs on a thread; cancellation was delivered to the coroutine
+    terminal,   ///< it had already finished (409)
+    not_found,
+  };
+  Kind kind = Kind::not_found;
+  std::optional<Job> job;  ///< the job as it stands after the request
+};
+
+/// A page of GET /v1/jobs.
+struct ListPage {
+  std::vector<Job> jobs;
+  std::optional<std::string> next_cursor;
+};
+
+/// Whether the service is up and ready.
+struct Health {
+  bool ready = false;
+  bool draining = false;
+};
+
+/// What the REST handlers need from the service. The server's Dispatcher implements it.
+/// Thread-safety: every member is called concurrently from the io threads.
+class JobService {
+ public:
+  virtual ~JobService() = default;
+
+  /// Admits all `requests` or none. `fingerprint` identifies the request body for idempotency.
+  virtual SubmitResult submit(std::vector<JobRequest> requests, const std::optional<std::string>& idempotency_key,
+                              const std::string& fingerprint) = 0;
+
+  /// A snapshot of one job.
+  [[nodiscard]] virtual std::optional<Job> get(const std::string& id) const = 0;
+
+  /// Waits until the job is terminal or `max_wait` passed, then returns it (nullopt if unknown).
+  virtual boost::asio::awaitable<std::optional<Job>> wait(std::string id, std::chrono::milliseconds max_wait) = 0;
+
+  /// One page of jobs, newest first.
+  [[nodiscard]] virtual ListPage list(const ListQuery& query) const = 0;
+
+  /// Cancels a job (see CancelResult); waits briefly for a running job to reach its end.
+  virtual boost::asio::awaitable<CancelResult> cancel(std::string id) = 0;
+
+  /// The /v1/stats document.
+  [[nodiscard]] virtual nlohmann::json stats() const = 0;
+
+  /// The /metrics text (Prometheus exposition format 0.0.4).
+  virtual std::string metrics_text() = 0;
+
+  /// Readiness and drain state.
+  [[nodiscard]] virtual Health health() const = 0;
+
+  /// The job types on offer.
+  [[nodiscard]] virtual const workers::Catalogue& catalogue() const = 0;
+};
+
+}  // namespace switchyard::api

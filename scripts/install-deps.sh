@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Switchyard needs to build and test, from Debian 12 packages only.
+# Idempotent: packages already installed are skipped; nothing is downloaded outside apt.
+# Usage: scripts/install-deps.sh [--test]   (--test adds what the test suite needs)
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake ninja-build ccache pkg-config
+  libboost1.81-dev libboost-url1.81-dev
+  nlohmann-json3-dev prometheus-cpp-dev doctest-dev libssl-dev
+  libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev
+)
+test_pkgs=(curl python3 python3-pytest procps)
+
+want=("${build_pkgs[@]}")
+if [[ "${1:-}" == "--test" ]]; then
+  want+=("${test_pkgs[@]}")
+  # The machine image may ship Node.js with its own npm (which conflicts with Debian's npm
+  # package): ask apt only for what is absent.
+  command -v node >/dev/null || want+=(nodejs)
+  command -v npm >/dev/null || want+=(npm)
+fi
+
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#want[@]} packages present"
+  exit 0
+fi
+
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+echo "install-deps: installing ${missing[*]}"
+"${sudo_cmd[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,171 @@
+#include "server/config.hpp"
+
+#include <charconv>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+namespace switchyard::server {
+
+std::optional<std::pair<std::string, std::uint16_t>> parse_listen(const std::string& text) {
+  std::string host;
+  std::string port_text;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) return std::nullopt;
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+  }
+  unsigned port = 0;
+  const auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (host.empty() || port_text.empty() || ec != std::errc() || end != port_text.data() + port_text.size() ||
+      port > 65535) {
+    return std::nullopt;
+  }
+  return std::make_pair(host, static_cast<std::uint16_t>(port));
+}
+
+std::vector<std::string> worker_arguments(const workers::WorkerOptions& options) {
+  std::vector<std::string> args = {"worker", "--fd", std::to_string(options.fd), "--parent",
+                                   std::to_string(options.parent)};
+  if (options.builtin.diagnostics) args.emplace_back("--diagnostics");
+  for (const auto& entry : options.builtin.http_allow) {
+    args.emplace_back("--http-allow");
+    args.push_back(entry);
+  }
+  args.emplace_back("--http-max-response-bytes");
+  args.push_back(std::to_string(options.builtin.http_max_response_bytes));
+  args.emplace_back("--max-timeout-ms");
+  args.push_back(std::to_string(options.builtin.http_max_timeout_ms));
+  return args;
+}
+
+namespace {
+
+std::vector<std::string> load_tokens(const std::string& path) {
+  std::ifstream file(path);
+  if (!file) throw CLI::ValidationError("--tokens-file", "cannot read " + path);
+  std::vector<std::string> tokens;
+  std::string line;
+  while (std::getline(file, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    std::size_t start = line.find_first_not_of(" \t");
+    if (start == std::string::npos || line[start] == '#') continue;
+    tokens.push_back(line.substr(start));
+  }
+  if (tokens.empty()) throw CLI::ValidationError("--tokens-file", path + " holds no token");
+  return tokens;
+}
+
+void add_serve_options(CLI::App& app, Config& c) {
+  auto env = [](const char* name) { return std::string("SWITCHYARD_") + name; };
+  app.add_option("--listen", c.listen, "host:port to listen on (port 0 picks a free port)")
+      ->envname(env("LISTEN"))->capture_default_str();
+  app.add_option("--io-threads", c.io_threads, "threads running the io_context (HTTP and io jobs)")
+      ->envname(env("IO_THREADS"))->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--process-workers", c.process_workers, "worker processes (0 = one per core)")
+      ->envname(env("PROCESS_WORKERS"))->check(CLI::Range(0, 1024))->capture_default_str();
+  app.add_option("--queue-limit", c.queue_limit, "queued jobs per model before 429")
+      ->envname(env("QUEUE_LIMIT"))->check(CLI::Range(1, 10000000))->capture_default_str();
+  app.add_option("--thread-concurrency", c.thread_concurrency, "thread-model jobs running at once")
+      ->envname(env("THREAD_CONCURRENCY"))->check(CLI::Range(1, 1000000))->capture_default_str();
+  app.add_option("--default-timeout-ms", c.default_timeout_ms, "timeout_ms of a job that gives none")
+      ->envname(env("DEFAULT_TIMEOUT_MS"))->check(CLI::Range(std::int64_t{1}, std::int64_t{86400000}))->capture_default_str();
+  app.add_option("--max-timeout-ms", c.max_timeout_ms, "largest timeout_ms a job may ask for")
+      ->envname(env("MAX_TIMEOUT_MS"))->check(CLI::Range(std::int64_t{1}, std::int64_t{86400000}))->capture_default_str();
+  app.add_option("--max-body-bytes", c.max_body_bytes, "largest request body (413 above)")
+      ->envname(env("MAX_BODY_BYTES"))->check(CLI::Range(std::size_t{64}, std::size_t{1} << 30))->capture_default_str();
+  app.add_option("--max-header-bytes", c.max_header_bytes, "largest request header block (431 above)")
+      ->envname(env("MAX_HEADER_BYTES"))->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 20))->capture_default_str();
+  app.add_option("--max-connections", c.max_connections, "open client connections; more get 503 and are closed")
+      ->envname(env("MAX_CONNECTIONS"))->check(CLI::Range(std::size_t{1}, std::size_t{1000000}))->capture_default_str();
+  app.add_option("--read-timeout-ms", c.read_timeout_ms, "deadline to read one request, keep-alive idle included")
+      ->envname(env("READ_TIMEOUT_MS"))->check(CLI::Range(std::int64_t{100}, std::int64_t{3600000}))->capture_default_str();
+  app.add_option("--max-wait-s", c.max_wait_s, "cap on Prefer: wait and ?wait, in seconds")
+      ->envname(env("MAX_WAIT_S"))->check(CLI::Range(0.0, 3600.0))->capture_default_str();
+  app.add_option("--drain-grace-ms", c.drain_grace_ms, "on SIGTERM, how long running jobs may finish")
+      ->envname(env("DRAIN_GRACE_MS"))->check(CLI::Range(std::int64_t{0}, std::int64_t{3600000}))->capture_default_str();
+  app.add_option("--retain-jobs", c.retain_jobs, "finished jobs kept for reading; oldest-finished evicted first")
+      ->envname(env("RETAIN_JOBS"))->check(CLI::Range(std::size_t{1}, std::size_t{100000000}))->capture_default_str();
+  app.add_flag("--diagnostics", c.diagnostics, "enable the diagnostic job types noop, alloc, crash")
+      ->envname(env("DIAGNOSTICS"));
+  app.add_option("--log-format", c.log_format, "text or json (JSON lines)")
+      ->envname(env("LOG_FORMAT"))->check(CLI::IsMember({"text", "json"}))->capture_default_str();
+  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error")
+      ->envname(env("LOG_LEVEL"))->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}))->capture_default_str();
+  app.add_option("--tokens-file", c.tokens_file, "file of API tokens, one per line; enables Bearer auth on /v1")
+      ->envname(env("TOKENS_FILE"));
+  app.add_flag("--protect-metrics", c.protect_metrics, "require a token for /metrics too")
+      ->envname(env("PROTECT_METRICS"));
+  app.add_option("--http-allow", c.http_allow, "http.request destinations: host names or CIDRs (default: loopback only)")
+      ->envname(env("HTTP_ALLOW"))->delimiter(',');
+  app.add_option("--http-max-response-bytes", c.http_max_response_bytes, "largest response body an http.request job reads")
+      ->envname(env("HTTP_MAX_RESPONSE_BYTES"))->check(CLI::Range(std::size_t{1}, std::size_t{64} << 20))->capture_default_str();
+  app.add_option("--store", c.store, "job store: memory (durable stores: see the README)")
+      ->envname(env("STORE"))->check(CLI::IsMember({"memory"}))->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "data directory of durable stores")->envname(env("DATA_DIR"))->capture_default_str();
+  app.add_option("--database-url", c.database_url, "PostgreSQL connection URI (store postgres)")->envname(env("DATABASE_URL"));
+}
+
+}  // namespace
+
+Command parse_command_line(int argc, const char* const* argv) {
+  Config config;
+  CLI::App app{"Switchyard: a REST job-execution service with a thread pool for I/O jobs and worker processes for CPU jobs", "switchyard"};
+  app.set_version_flag("--version", "switchyard 0.1.0");
+  add_serve_options(app, config);
+
+  workers::WorkerOptions worker;
+  int max_timeout_ms = worker.builtin.http_max_timeout_ms;
+  auto* worker_cmd = app.add_subcommand("worker", "internal: run as a worker process (started by the server)");
+  worker_cmd->group("");  // hidden from --help
+  worker_cmd->add_option("--fd", worker.fd)->required();
+  worker_cmd->add_option("--parent", worker.parent)->required();
+  worker_cmd->add_flag("--diagnostics", worker.builtin.diagnostics);
+  worker_cmd->add_option("--http-allow", worker.builtin.http_allow);
+  worker_cmd->add_option("--http-max-response-bytes", worker.builtin.http_max_response_bytes);
+  worker_cmd->add_option("--max-timeout-ms", max_timeout_ms);
+
+  HealthcheckCommand health;
+  auto* health_cmd = app.add_subcommand("healthcheck", "GET /healthz of a running server; exit 0 if it answers 200");
+  health_cmd->add_option("--url", health.url, "URL to check (default: http://<listen>/healthz)");
+  health_cmd->add_option("--timeout-s", health.timeout_s, "give up after this many seconds")->check(CLI::Range(0.1, 60.0));
+
+  try {
+    app.parse(argc, argv);
+    if (worker_cmd->parsed()) {
+      worker.builtin.http_max_timeout_ms = max_timeout_ms;
+      return WorkerCommand{worker};
+    }
+    auto listen = parse_listen(config.listen);
+    if (!listen) throw CLI::ValidationError("--listen", "expected host:port, got '" + config.listen + "'");
+    config.listen_host = listen->first;
+    config.listen_port = listen->second;
+    if (health_cmd->parsed()) {
+      if (health.url.empty()) {
+        const std::string host = config.listen_host == "0.0.0.0" ? "127.0.0.1" : config.listen_host;
+        health.url = "http://" + host + ":" + std::to_string(config.listen_port) + "/healthz";
+      }
+      return health;
+    }
+    if (config.default_timeout_ms > config.max_timeout_ms) {
+      throw CLI::ValidationError("--default-timeout-ms", "must not exceed --max-timeout-ms");
+    }
+    if (config.process_workers == 0) config.process_workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (!config.tokens_file.empty()) config.tokens = load_tokens(config.tokens_file);
+    return ServeCommand{std::move(config)};
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream out, err;
+    const int code = app.exit(e, out, err);
+    return ExitNow{code, out.str() + err.str()};
+  }
+}
+
+}  // namespace switchyard::server

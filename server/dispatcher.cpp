@@ -1,0 +1,467 @@
+#include "server/dispatcher.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <unistd.h>
+
+#include "server/log.hpp"
+
+namespace switchyard::server {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using api::JobStatus;
+using api::Model;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+int model_index(Model model) { return model == Model::thread ? 0 : 1; }
+
+double ms_between(SteadyClock::time_point from, SteadyClock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
+workers::ThreadOptions thread_options(const Config& config) {
+  workers::ThreadOptions options;
+  options.concurrency = config.thread_concurrency;
+  // Blocking jobs forced onto the thread model may hold all but one io thread, so HTTP and the
+  // timers that stop them keep a thread.
+  options.blocking_slots = static_cast<std::size_t>(std::max(1, config.io_threads - 1));
+  return options;
+}
+
+workers::PoolOptions pool_options(const Config& config) {
+  workers::PoolOptions options;
+  options.workers = config.process_workers;
+  workers::WorkerOptions worker;
+  worker.parent = ::getpid();
+  worker.builtin.diagnostics = config.diagnostics;
+  worker.builtin.http_allow = config.http_allow;
+  worker.builtin.http_max_response_bytes = config.http_max_response_bytes;
+  worker.builtin.http_max_timeout_ms = static_cast<int>(std::min<std::int64_t>(config.max_timeout_ms, 1 << 30));
+  options.worker_args = worker_arguments(worker);
+  return options;
+}
+
+/// The job's terminal status and error from how its run ended.
+std::pair<JobStatus, std::optional<api::JobError>> classify(const workers::RunReport& report, Model model,
+                                                             std::int64_t timeout_ms) {
+  const auto& outcome = report.outcome;
+  if (outcome.ok) return {JobStatus::succeeded, std::nullopt};
+  auto keep_or = [&outcome](std::string_view code, std::string fallback) {
+    return api::JobError{std::string(code), outcome.error_code == code ? outcome.error_message : std::move(fallback)};
+  };
+  switch (report.stopped) {
+    case workers::StopReason::timeout:
+      return {JobStatus::timed_out,
+              keep_or("timeout", "the job ran longer than its timeout_ms (" + std::to_string(timeout_ms) +
+                                     " ms); cancellation was delivered to its coroutine")};
+    case workers::StopReason::cancel:
+      if (!report.ran) return {JobStatus::cancelled, api::JobError{"cancelled", "cancelled before it started"}};
+      return {JobStatus::cancelled,
+              keep_or("cancelled", model == Model::thread
+                                       ? "cancelled while running; cancellation was delivered to its coroutine"
+                                       : "cancelled while running")};
+    case workers::StopReason::shutdown:
+      return {JobStatus::cancelled,
+              keep_or("shutdown", report.ran ? "the server shut down while the job ran"
+                                             : "the server shut down before the job started")};
+    case workers::StopReason::none:
+      break;
+  }
+  return {JobStatus::failed, api::JobError{outcome.error_code.empty() ? "handler_error" : outcome.error_code,
+                                           outcome.error_message}};
+}
+
+}  // namespace
+
+Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const workers::Catalogue& catalogue,
+                       Metrics& metrics, std::unique_ptr<JobStore> store)
+    : context_(context),
+      config_(config),
+      catalogue_(catalogue),
+      metrics_(metrics),
+      threads_(context, thread_options(config), *this),
+      processes_(context, pool_options(config), *this),
+      store_(std::move(store)) {}
+
+Dispatcher::~Dispatcher() = default;
+
+void Dispatcher::start() { processes_.start(); }
+
+std::size_t Dispatcher::queued(Model model) const {
+  return model == Model::thread ? threads_.stats().queued : processes_.stats().queued;
+}
+
+int Dispatcher::retry_after_seconds(Model model) const {
+  const double wait_s = recent_queue_wait_s_[static_cast<std::size_t>(model_index(model))].load();
+  return static_cast<int>(std::clamp(std::ceil(wait_s), 1.0, 60.0));
+}
+
+api::SubmitResult Dispatcher::submit(std::vector<api::JobRequest> requests,
+                                     const std::optional<std::string>& idempotency_key,
+                                     const std::string& fingerprint) {
+  api::SubmitResult result;
+  std::vector<std::shared_ptr<workers::Execution>> runs;
+  std::vector<Model> models;
+  {
+    std::lock_guard lock(mutex_);
+    if (draining_) {
+      result.kind = api::SubmitResult::Kind::draining;
+      result.detail = "the server is shutting down and accepts no new jobs";
+      return result;
+    }
+    if (idempotency_key) {
+      if (const auto* record = store_->find_key(*idempotency_key)) {
+        if (record->fingerprint != fingerprint) {
+          result.kind = api::SubmitResult::Kind::conflict;
+          result.detail = "this Idempotency-Key was used with a different request body";
+          return result;
+        }
+        result.kind = api::SubmitResult::Kind::replayed;
+        for (const auto& id : record->job_ids) {
+          if (const auto* job = store_->find(id)) result.jobs.push_back(*job);
+        }
+        return result;
+      }
+    }
+    std::array<std::size_t, 2> wanted{};
+    for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
+    for (Model model : {Model::thread, Model::process}) {
+      const auto n = wanted[static_cast<std::size_t>(model_index(model))];
+      if (n > 0 && queued(model) + n > config_.queue_limit) {
+        result.kind = api::SubmitResult::Kind::queue_full;
+        result.retry_after_s = retry_after_seconds(model);
+        result.detail = "the " + std::string(api::to_string(model)) + " queue is full (" +
+                        std::to_string(config_.queue_limit) + " jobs); retry later";
+        return result;
+      }
+    }
+    const auto now = std::chrono::system_clock::now();
+    const auto steady_now = SteadyClock::now();
+    IdempotencyRecord record{fingerprint, {}};
+    for (auto& request : requests) {
+      const auto frame_id = ids_.next();
+      api::Job job;
+      job.id = workers::format_uuid(frame_id);
+      job.type = request.type->name;
+      job.model = request.model;
+      job.priority = request.priority;
+      job.timeout_ms = request.timeout_ms;
+      job.input = std::move(request.input);
+      job.created_at = now;
+      auto run = std::make_shared<workers::Execution>(frame_id, *request.type, job.input, request.priority,
+                                                      std::chrono::milliseconds(request.timeout_ms));
+      active_.emplace(job.id, Active{run, job.model, steady_now, std::nullopt});
+      counters_[static_cast<std::size_t>(model_index(job.model))].submitted.fetch_add(1);
+      record.job_ids.push_back(job.id);
+      result.jobs.push_back(job);
+      store_->insert(std::move(job));
+      runs.push_back(std::move(run));
+      models.push_back(request.model);
+    }
+    if (idempotency_key) store_->remember_key(*idempotency_key, std::move(record));
+  }
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    metrics_.job_submitted(models[i], runs[i]->type().name);
+    log::job(spdlog::level::debug, runs[i]->id_text(), "job accepted",
+             {{"type", runs[i]->type().name}, {"model", api::to_string(models[i])}});
+    if (models[i] == Model::thread) threads_.submit(runs[i]);
+    else processes_.submit(runs[i]);
+  }
+  return result;
+}
+
+std::optional<api::Job> Dispatcher::get(const std::string& id) const {
+  std::lock_guard lock(mutex_);
+  const auto* job = store_->find(id);
+  return job ? std::optional<api::Job>(*job) : std::nullopt;
+}
+
+asio::awaitable<std::optional<api::Job>> Dispatcher::wait(std::string id, std::chrono::milliseconds max_wait) {
+  auto executor = co_await asio::this_coro::executor;
+  std::shared_ptr<Waiter> waiter;
+  {
+    std::lock_guard lock(mutex_);
+    const auto* job = store_->find(id);
+    if (job == nullptr) co_return std::nullopt;
+    if (api::is_terminal(job->status) || max_wait.count() <= 0) co_return *job;
+    waiter = std::make_shared<Waiter>(executor, 1);
+    waiters_[id].push_back(waiter);
+  }
+  asio::steady_timer timer(executor, max_wait);
+  co_await (waiter->async_receive(asio::as_tuple(asio::use_awaitable)) ||
+            timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  std::lock_guard lock(mutex_);
+  if (auto it = waiters_.find(id); it != waiters_.end()) {
+    std::erase(it->second, waiter);
+    if (it->second.empty()) waiters_.erase(it);
+  }
+  const auto* job = store_->find(id);
+  co_return job ? std::optional<api::Job>(*job) : std::nullopt;
+}
+
+api::ListPage Dispatcher::list(const api::ListQuery& query) const {
+  std::lock_guard lock(mutex_);
+  return store_->list(query);
+}
+
+asio::awaitable<api::CancelResult> Dispatcher::cancel(std::string id) {
+  using Kind = api::CancelResult::Kind;
+  api::CancelResult result;
+  std::shared_ptr<workers::Execution> run;
+  Model model = Model::thread;
+  {
+    std::lock_guard lock(mutex_);
+    const auto* job = store_->find(id);
+    if (job == nullptr) co_return result;
+    if (api::is_terminal(job->status)) {
+      result.kind = Kind::terminal;
+      result.job = *job;
+      co_return result;
+    }
+    auto active = active_.find(id);
+    if (active == active_.end()) co_return result;  // not reachable: non-terminal jobs are active
+    run = active->second.run;
+    model = active->second.model;
+  }
+  auto removed = model == Model::thread ? threads_.remove_queued(id) : processes_.remove_queued(id);
+  if (removed) {
+    cancel_unstarted({removed}, "cancelled", "cancelled while queued");
+    result.kind = Kind::dequeued;
+    result.job = get(id);
+    co_return result;
+  }
+  run->request_stop(workers::StopReason::cancel);
+  // A killed worker or an aborted timer ends the job within milliseconds; wait for it so the
+  // answer shows the outcome. A blocking job on a thread may take longer: then it says running.
+  result.job = co_await wait(id, std::chrono::milliseconds(2000));
+  if (!result.job) co_return result;
+  if (result.job->status == JobStatus::cancelled) {
+    result.kind = !result.job->started_at ? Kind::dequeued : (model == Model::process ? Kind::killed : Kind::requested);
+  } else if (api::is_terminal(result.job->status)) {
+    result.kind = Kind::terminal;  // it finished on its own before the cancel reached it
+  } else {
+    result.kind = Kind::requested;
+  }
+  co_return result;
+}
+
+void Dispatcher::on_started(workers::Execution& run, std::optional<pid_t> pid) {
+  const auto now = std::chrono::system_clock::now();
+  const auto steady_now = SteadyClock::now();
+  double queue_ms = 0;
+  Model model = Model::thread;
+  {
+    std::lock_guard lock(mutex_);
+    auto active = active_.find(run.id_text());
+    if (active == active_.end()) return;
+    active->second.started = steady_now;
+    model = active->second.model;
+    queue_ms = ms_between(active->second.created, steady_now);
+    store_->update(run.id_text(), [&](api::Job& job) {
+      job.status = JobStatus::running;
+      job.started_at = now;
+      job.attempts += 1;
+      job.queue_ms = queue_ms;
+      if (pid) job.worker_pid = static_cast<int>(*pid);
+    });
+  }
+  metrics_.job_started(model, queue_ms / 1000.0);
+  // An exponential moving average of queue wait, the basis of Retry-After on 429.
+  auto& average = recent_queue_wait_s_[static_cast<std::size_t>(model_index(model))];
+  const double previous = average.load();
+  average.store(previous * 0.9 + (queue_ms / 1000.0) * 0.1);
+  log::job(spdlog::level::trace, run.id_text(), "job started",
+           pid ? nlohmann::json{{"worker_pid", *pid}} : nlohmann::json::object());
+}
+
+void Dispatcher::on_finished(workers::Execution& run, workers::RunReport report) {
+  std::optional<Finished> finished;
+  {
+    std::lock_guard lock(mutex_);
+    auto active = active_.find(run.id_text());
+    if (active == active_.end()) return;  // already force-finished at shutdown
+    const auto [status, error] = classify(report, active->second.model, run.timeout().count());
+    finished = finish_locked(run.id_text(), status, status == JobStatus::succeeded ? std::move(report.outcome.result)
+                                                                                     : nlohmann::json(nullptr),
+                             error, report.cpu_ms, report.worker_pid);
+  }
+  if (finished) after_finish(std::move(*finished));
+}
+
+std::optional<Dispatcher::Finished> Dispatcher::finish_locked(const std::string& id, JobStatus status,
+                                                              nlohmann::json result, std::optional<api::JobError> error,
+                                                              double cpu_ms, std::optional<int> pid) {
+  auto active = active_.find(id);
+  if (active == active_.end()) return std::nullopt;
+  const auto now = std::chrono::system_clock::now();
+  const auto steady_now = SteadyClock::now();
+  Finished finished;
+  finished.id = id;
+  finished.model = active->second.model;
+  finished.status = status;
+  finished.cpu_ms = cpu_ms;
+  finished.error = error;
+  const auto started = active->second.started;
+  if (started) finished.run_ms = ms_between(*started, steady_now);
+  active_.erase(active);
+  store_->update(id, [&](api::Job& job) {
+    finished.type = job.type;
+    job.status = status;
+    job.result = std::move(result);
+    job.error = std::move(error);
+    job.finished_at = now;
+    if (started) {
+      job.run_ms = finished.run_ms;
+      job.cpu_ms = cpu_ms;
+    }
+    if (pid) job.worker_pid = static_cast<int>(*pid);
+  });
+  store_->retire(id);
+  if (auto it = waiters_.find(id); it != waiters_.end()) {
+    finished.waiters = std::move(it->second);
+    waiters_.erase(it);
+  }
+  return finished;
+}
+
+void Dispatcher::after_finish(Finished finished) {
+  for (auto& waiter : finished.waiters) waiter->try_send(boost::system::error_code{});
+  auto& counters = counters_[static_cast<std::size_t>(model_index(finished.model))];
+  switch (finished.status) {
+    case JobStatus::succeeded: counters.succeeded.fetch_add(1); break;
+    case JobStatus::failed: counters.failed.fetch_add(1); break;
+    case JobStatus::cancelled: counters.cancelled.fetch_add(1); break;
+    case JobStatus::timed_out: counters.timed_out.fetch_add(1); break;
+    default: break;
+  }
+  metrics_.job_completed(finished.model, finished.type, finished.status, finished.run_ms / 1000.0,
+                         finished.cpu_ms / 1000.0);
+  nlohmann::json fields = {{"type", finished.type},
+                           {"model", api::to_string(finished.model)},
+                           {"status", api::to_string(finished.status)},
+                           {"run_ms", std::round(finished.run_ms * 1000.0) / 1000.0}};
+  if (finished.error) fields["error"] = finished.error->code + ": " + finished.error->message;
+  const bool notable = finished.status == JobStatus::failed || finished.status == JobStatus::timed_out;
+  log::job(notable ? spdlog::level::info : spdlog::level::debug, finished.id, "job finished", fields);
+}
+
+void Dispatcher::cancel_unstarted(const std::vector<std::shared_ptr<workers::Execution>>& runs,
+                                  const std::string& code, const std::string& message) {
+  for (const auto& run : runs) {
+    run->request_stop(code == "shutdown" ? workers::StopReason::shutdown : workers::StopReason::cancel);
+    std::optional<Finished> finished;
+    {
+      std::lock_guard lock(mutex_);
+      finished = finish_locked(run->id_text(), JobStatus::cancelled, nullptr, api::JobError{code, message}, 0,
+                               std::nullopt);
+    }
+    if (finished) after_finish(std::move(*finished));
+  }
+}
+
+void Dispatcher::on_worker_restart(workers::RestartReason reason) { metrics_.worker_restarted(reason); }
+
+asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard lock(mutex_);
+    draining_ = true;
+  }
+  auto executor = co_await asio::this_coro::executor;
+  asio::steady_timer timer(executor);
+  auto active_count = [this] {
+    std::lock_guard lock(mutex_);
+    return active_.size();
+  };
+  auto pause = [&timer]() -> asio::awaitable<void> {
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  };
+
+  auto queued_runs = threads_.drain_queue();
+  auto queued_processes = processes_.drain_queue();
+  queued_runs.insert(queued_runs.end(), queued_processes.begin(), queued_processes.end());
+  log::event(spdlog::level::info, "draining",
+             {{"cancelled_queued", queued_runs.size()}, {"running", active_count() - queued_runs.size()},
+              {"grace_ms", grace.count()}});
+  cancel_unstarted(queued_runs, "shutdown", "the server shut down before the job started");
+  processes_.close();
+
+  const auto grace_end = SteadyClock::now() + grace;
+  while (active_count() > 0 && SteadyClock::now() < grace_end) co_await pause();
+  if (active_count() > 0) {
+    log::event(spdlog::level::warn, "drain grace over, stopping running jobs", {{"running", active_count()}});
+    threads_.stop_running(workers::StopReason::shutdown);
+    processes_.terminate();
+    const auto stop_end = SteadyClock::now() + std::chrono::seconds(10);
+    while (active_count() > 0 && SteadyClock::now() < stop_end) co_await pause();
+  }
+  // Jobs that still have not ended (a blocking job that never polls its stop flag) are
+  // recorded as stopped so that every accepted job has a terminal state before exit.
+  std::vector<std::shared_ptr<workers::Execution>> stuck;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [id, active] : active_) stuck.push_back(active.run);
+  }
+  cancel_unstarted(stuck, "shutdown", "the server shut down while the job ran");
+  const auto pool_end = SteadyClock::now() + std::chrono::seconds(10);
+  while (!processes_.stopped() && SteadyClock::now() < pool_end) co_await pause();
+  log::event(spdlog::level::info, "drained", {{"workers_left", processes_.stopped() ? 0 : 1}});
+}
+
+std::array<ModelGauges, 2> Dispatcher::gauges() const {
+  const auto thread_stats = threads_.stats();
+  const auto pool_stats = processes_.stats();
+  std::array<ModelGauges, 2> gauges{};
+  gauges[0] = ModelGauges{static_cast<double>(thread_stats.queued), static_cast<double>(thread_stats.running),
+                          static_cast<double>(config_.io_threads), static_cast<double>(thread_stats.blocking)};
+  gauges[1] = ModelGauges{static_cast<double>(pool_stats.queued), static_cast<double>(pool_stats.busy),
+                          static_cast<double>(pool_stats.workers), static_cast<double>(pool_stats.busy)};
+  return gauges;
+}
+
+nlohmann::json Dispatcher::stats() const {
+  const auto figures = gauges();
+  nlohmann::json models = nlohmann::json::object();
+  for (Model model : {Model::thread, Model::process}) {
+    const auto i = static_cast<std::size_t>(model_index(model));
+    const auto& c = counters_[i];
+    models[std::string(api::to_string(model))] = {
+        {"workers", static_cast<std::uint64_t>(figures[i].workers)},
+        {"busy", static_cast<std::uint64_t>(figures[i].busy)},
+        {"queued", static_cast<std::uint64_t>(figures[i].queued)},
+        {"running", static_cast<std::uint64_t>(figures[i].running)},
+        {"submitted", c.submitted.load()},
+        {"succeeded", c.succeeded.load()},
+        {"failed", c.failed.load()},
+        {"cancelled", c.cancelled.load()},
+        {"timed_out", c.timed_out.load()},
+        {"throughput_10s", metrics_.throughput(model, 10)},
+        {"throughput_1m", metrics_.throughput(model, 60)},
+    };
+  }
+  const double uptime = std::chrono::duration<double>(SteadyClock::now() - started_at_).count();
+  return {{"uptime_s", std::round(uptime * 1000.0) / 1000.0}, {"models", std::move(models)}};
+}
+
+std::string Dispatcher::metrics_text() { return metrics_.serialize(gauges()); }
+
+api::Health Dispatcher::health() const {
+  api::Health health;
+  {
+    std::lock_guard lock(mutex_);
+    health.draining = draining_;
+  }
+  health.ready = processes_.stats().ready && !health.draining;
+  return health;
+}
+
+}  // namespace switchyard::server

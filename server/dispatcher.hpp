@@ -1,0 +1,112 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "api/job_service.hpp"
+#include "server/config.hpp"
+#include "server/job_store.hpp"
+#include "server/metrics.hpp"
+#include "server/uuid.hpp"
+#include "workers/process_pool.hpp"
+#include "workers/thread_executor.hpp"
+
+namespace switchyard::server {
+
+/// The job service: admits jobs, routes each to its model's executor, records every state
+/// change in the store, wakes waiters, feeds the metrics, and drains on shutdown.
+/// Thread-safety: every public member is thread-safe. One mutex guards the store and the
+/// bookkeeping; executors are never called with it held, except to read queue sizes.
+class Dispatcher final : public api::JobService, public workers::ExecutionObserver {
+ public:
+  Dispatcher(boost::asio::io_context& context, const Config& config, const workers::Catalogue& catalogue,
+             Metrics& metrics, std::unique_ptr<JobStore> store);
+  ~Dispatcher() override;
+
+  /// Starts the worker processes.
+  void start();
+
+  /// Shutdown: refuse new jobs, cancel queued ones, give running ones `grace`, then stop them;
+  /// completes when every job is terminal and every worker process is gone.
+  boost::asio::awaitable<void> drain(std::chrono::milliseconds grace);
+
+  // api::JobService
+  api::SubmitResult submit(std::vector<api::JobRequest> requests, const std::optional<std::string>& idempotency_key,
+                           const std::string& fingerprint) override;
+  [[nodiscard]] std::optional<api::Job> get(const std::string& id) const override;
+  boost::asio::awaitable<std::optional<api::Job>> wait(std::string id, std::chrono::milliseconds max_wait) override;
+  [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override;
+  boost::asio::awaitable<api::CancelResult> cancel(std::string id) override;
+  [[nodiscard]] nlohmann::json stats() const override;
+  std::string metrics_text() override;
+  [[nodiscard]] api::Health health() const override;
+  [[nodiscard]] const workers::Catalogue& catalogue() const override { return catalogue_; }
+
+  // workers::ExecutionObserver
+  void on_started(workers::Execution& run, std::optional<pid_t> pid) override;
+  void on_finished(workers::Execution& run, workers::RunReport report) override;
+  void on_worker_restart(workers::RestartReason reason) override;
+
+ private:
+  using Waiter = boost::asio::experimental::concurrent_channel<void(boost::system::error_code)>;
+
+  struct ModelCounters {
+    std::atomic<std::uint64_t> submitted{0}, succeeded{0}, failed{0}, cancelled{0}, timed_out{0};
+  };
+
+  /// What is left to do, outside the lock, after a job reached its terminal state.
+  struct Finished {
+    std::string id, type;
+    api::Model model = api::Model::thread;
+    api::JobStatus status = api::JobStatus::failed;
+    double run_ms = 0, cpu_ms = 0;
+    std::optional<api::JobError> error;
+    std::vector<std::shared_ptr<Waiter>> waiters;
+  };
+  /// Moves an active job to a terminal state (mutex held); nullopt if it was not active.
+  std::optional<Finished> finish_locked(const std::string& id, api::JobStatus status, nlohmann::json result,
+                                        std::optional<api::JobError> error, double cpu_ms, std::optional<int> pid);
+  /// Wakes waiters, counts, logs.
+  void after_finish(Finished finished);
+  /// Cancels runs that never started (queued at shutdown or on DELETE).
+  void cancel_unstarted(const std::vector<std::shared_ptr<workers::Execution>>& runs, const std::string& code,
+                        const std::string& message);
+  [[nodiscard]] std::size_t queued(api::Model model) const;
+  [[nodiscard]] int retry_after_seconds(api::Model model) const;
+  std::array<ModelGauges, 2> gauges() const;
+
+  boost::asio::io_context& context_;
+  const Config& config_;
+  const workers::Catalogue& catalogue_;
+  Metrics& metrics_;
+  UuidV7Generator ids_;
+  workers::ThreadExecutor threads_;
+  workers::ProcessPool processes_;
+  const std::chrono::steady_clock::time_point started_at_ = std::chrono::steady_clock::now();
+
+  mutable std::mutex mutex_;
+  std::unique_ptr<JobStore> store_;
+  struct Active {
+    std::shared_ptr<workers::Execution> run;
+    api::Model model;
+    std::chrono::steady_clock::time_point created;
+    std::optional<std::chrono::steady_clock::time_point> started;
+  };
+  std::unordered_map<std::string, Active> active_;  // queued or running jobs
+  std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+  bool draining_ = false;
+
+  std::array<ModelCounters, 2> counters_;
+  std::array<std::atomic<double>, 2> recent_queue_wait_s_{};  // moving average, for Retry-After
+};
+
+}  // namespace switchyard::server

@@ -1,0 +1,184 @@
+#include "server/http_server.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/http.hpp>
+
+#include "server/log.hpp"
+
+namespace switchyard::server {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+
+http::response<http::string_body> to_beast(const api::Response& response, unsigned version, bool keep_alive,
+                                           bool head) {
+  http::response<http::string_body> out{static_cast<http::status>(response.status), version};
+  out.set(http::field::server, "switchyard");
+  out.set(http::field::content_type, response.content_type);
+  for (const auto& [name, value] : response.headers) out.set(name, value);
+  out.keep_alive(keep_alive);
+  if (head) {
+    out.content_length(response.body.size());
+  } else {
+    out.body() = response.body;
+    out.prepare_payload();
+  }
+  return out;
+}
+
+/// A problem response for a request that could not be parsed, or nullopt to close silently.
+std::optional<api::Problem> read_error_problem(const beast::error_code& error, std::size_t max_body,
+                                               std::size_t max_header) {
+  if (error == http::error::body_limit) {
+    return api::make_problem(413, "body_too_large", "the request body exceeds " + std::to_string(max_body) + " bytes");
+  }
+  if (error == http::error::header_limit) {
+    return api::make_problem(431, "headers_too_large",
+                             "the request header block exceeds " + std::to_string(max_header) + " bytes");
+  }
+  if (error.category() == make_error_code(http::error::bad_method).category()) {
+    // A malformed request line, header, Content-Length or chunk.
+    if (error == http::error::partial_message) return std::nullopt;  // the client went away mid-request
+    return api::make_problem(400, "bad_request", "malformed HTTP request: " + error.message());
+  }
+  return std::nullopt;  // timeouts, resets: nobody to answer
+}
+
+/// The method as a metrics label: known verbs only, so clients cannot mint label values.
+std::string method_label(http::verb verb) {
+  switch (verb) {
+    case http::verb::get: case http::verb::head: case http::verb::post: case http::verb::put:
+    case http::verb::delete_: case http::verb::patch: case http::verb::options:
+      return std::string(http::to_string(verb));
+    default:
+      return "other";
+  }
+}
+
+}  // namespace
+
+HttpServer::HttpServer(asio::io_context& context, HttpOptions options, api::Router& router, Metrics& metrics)
+    : context_(context), options_(options), router_(router), metrics_(metrics), acceptor_(asio::make_strand(context)) {}
+
+tcp::endpoint HttpServer::listen(const std::string& host, std::uint16_t port) {
+  const tcp::endpoint endpoint(asio::ip::make_address(host), port);
+  acceptor_.open(endpoint.protocol());
+  acceptor_.set_option(asio::socket_base::reuse_address(true));
+  acceptor_.bind(endpoint);
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+  return acceptor_.local_endpoint();
+}
+
+void HttpServer::start() {
+  asio::co_spawn(acceptor_.get_executor(), accept_loop(), asio::detached);
+}
+
+void HttpServer::stop() {
+  stopping_ = true;
+  asio::post(acceptor_.get_executor(), [this] {
+    beast::error_code ignored;
+    acceptor_.close(ignored);
+  });
+}
+
+asio::awaitable<void> HttpServer::accept_loop() {
+  while (!stopping_) {
+    auto [error, socket] = co_await acceptor_.async_accept(asio::make_strand(context_), kUseTuple);
+    if (error == asio::error::operation_aborted || !acceptor_.is_open()) break;
+    if (error) {
+      // EMFILE and friends: back off briefly instead of spinning.
+      log::event(spdlog::level::warn, "accept failed", {{"error", error.message()}});
+      asio::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(50));
+      co_await pause.async_wait(kUseTuple);
+      continue;
+    }
+    beast::tcp_stream stream(std::move(socket));
+    auto executor = stream.get_executor();
+    if (connections_.fetch_add(1) >= options_.max_connections) {
+      asio::co_spawn(executor, refuse(std::move(stream)), asio::detached);
+      continue;
+    }
+    asio::co_spawn(executor, session(std::move(stream)), [this](std::exception_ptr failure) {
+      connections_.fetch_sub(1);
+      if (failure) {
+        try {
+          std::rethrow_exception(failure);
+        } catch (const std::exception& e) {
+          log::event(spdlog::level::err, "connection ended by an exception", {{"error", e.what()}});
+        }
+      }
+    });
+  }
+}
+
+asio::awaitable<void> HttpServer::refuse(beast::tcp_stream stream) {
+  api::Problem problem = api::make_problem(503, "too_many_connections", "the server has too many open connections");
+  problem.headers.emplace_back("Retry-After", "1");
+  auto response = to_beast(api::to_response(problem), 11, false, false);
+  stream.expires_after(std::chrono::seconds(2));
+  co_await http::async_write(stream, response, kUseTuple);
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  connections_.fetch_sub(1);
+}
+
+asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
+    parser.body_limit(options_.max_body_bytes);
+    stream.expires_after(options_.read_timeout);
+    auto [read_error, bytes] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    if (read_error == http::error::end_of_stream) break;
+    const auto started = std::chrono::steady_clock::now();
+    if (read_error) {
+      auto problem = read_error_problem(read_error, options_.max_body_bytes, options_.max_header_bytes);
+      if (!problem) break;
+      stream.expires_after(options_.write_timeout);
+      auto response = to_beast(api::to_response(*problem), 11, false, false);
+      co_await http::async_write(stream, response, kUseTuple);
+      metrics_.http_request("unknown", "unmatched", problem->status,
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+      break;
+    }
+
+    auto& message = parser.get();
+    api::Request request;
+    request.method = std::string(message.method_string());
+    request.target = std::string(message.target());
+    for (const auto& field : message) request.headers.emplace_back(field.name_string(), field.value());
+    request.body = std::move(message.body());
+    const bool keep_alive = message.keep_alive() && !stopping_;
+    const unsigned version = message.version();
+    const bool head = request.method == "HEAD";
+
+    stream.expires_never();  // a long-poll may legitimately take up to the wait cap
+    api::Response answer = co_await router_.handle(std::move(request));
+    auto response = to_beast(answer, version, keep_alive, head);
+    stream.expires_after(options_.write_timeout);
+    auto [write_error, written] = co_await http::async_write(stream, response, kUseTuple);
+    metrics_.http_request(method_label(message.method()), answer.route, answer.status,
+                          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    if (write_error || !keep_alive) break;
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+}  // namespace switchyard::server

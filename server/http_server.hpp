@@ -1,0 +1,61 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <string>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+
+#include "api/router.hpp"
+#include "server/metrics.hpp"
+
+namespace switchyard::server {
+
+/// Limits of the HTTP front end.
+struct HttpOptions {
+  std::size_t max_body_bytes = 1 << 20;
+  std::size_t max_header_bytes = 16 << 10;
+  std::size_t max_connections = 10000;
+  std::chrono::milliseconds read_timeout{30000};
+  std::chrono::milliseconds write_timeout{30000};
+};
+
+/// HTTP/1.1 on Boost.Beast: one coroutine per connection (on its own strand), a deadline on
+/// every read and write, header and body limits, keep-alive, and pipelined requests answered in
+/// order (requests are read and answered one at a time, so nothing piles up).
+/// Thread-safety: start() and stop() may be called from any thread.
+class HttpServer {
+ public:
+  HttpServer(boost::asio::io_context& context, HttpOptions options, api::Router& router, Metrics& metrics);
+
+  /// Binds and listens; returns the bound endpoint (port 0 resolved). Throws on failure.
+  boost::asio::ip::tcp::endpoint listen(const std::string& host, std::uint16_t port);
+
+  /// Starts accepting connections.
+  void start();
+
+  /// Stops accepting; open connections close after their current response.
+  void stop();
+
+  /// Open client connections.
+  [[nodiscard]] std::size_t connections() const noexcept { return connections_.load(); }
+
+ private:
+  boost::asio::awaitable<void> accept_loop();
+  boost::asio::awaitable<void> session(boost::beast::tcp_stream stream);
+  boost::asio::awaitable<void> refuse(boost::beast::tcp_stream stream);
+
+  boost::asio::io_context& context_;
+  HttpOptions options_;
+  api::Router& router_;
+  Metrics& metrics_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::atomic<std::size_t> connections_{0};
+  std::atomic<bool> stopping_{false};
+};
+
+}  // namespace switchyard::server

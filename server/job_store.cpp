@@ -1,0 +1,74 @@
+#include "server/job_store.hpp"
+
+namespace switchyard::server {
+
+MemoryJobStore::MemoryJobStore(std::size_t retain_terminal) : retain_terminal_(retain_terminal) {}
+
+void MemoryJobStore::insert(api::Job job) {
+  auto id = job.id;
+  jobs_.emplace(std::move(id), std::move(job));
+}
+
+const api::Job* MemoryJobStore::find(const std::string& id) const {
+  auto it = jobs_.find(id);
+  return it == jobs_.end() ? nullptr : &it->second;
+}
+
+bool MemoryJobStore::update(const std::string& id, const std::function<void(api::Job&)>& change) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return false;
+  change(it->second);
+  return true;
+}
+
+std::vector<std::string> MemoryJobStore::retire(const std::string& id) {
+  finished_order_.push_back(id);
+  std::vector<std::string> evicted;
+  while (finished_order_.size() > retain_terminal_) {
+    std::string victim = std::move(finished_order_.front());
+    finished_order_.pop_front();
+    jobs_.erase(victim);
+    if (auto key = key_of_job_.find(victim); key != key_of_job_.end()) {
+      // The key goes with the first of its jobs to go: a replay must return every job it made.
+      if (auto record = keys_.find(key->second); record != keys_.end()) {
+        for (const auto& other : record->second.job_ids) key_of_job_.erase(other);
+        keys_.erase(record);
+      }
+      key_of_job_.erase(victim);
+    }
+    evicted.push_back(std::move(victim));
+  }
+  return evicted;
+}
+
+api::ListPage MemoryJobStore::list(const api::ListQuery& query) const {
+  api::ListPage page;
+  auto matches = [&query](const api::Job& job) {
+    return (!query.status || job.status == *query.status) && (!query.type || job.type == *query.type) &&
+           (!query.model || job.model == *query.model);
+  };
+  // Newest first: walk backwards from just before the cursor's id.
+  auto it = query.after_id ? jobs_.lower_bound(*query.after_id) : jobs_.end();
+  while (it != jobs_.begin()) {
+    --it;
+    if (!matches(it->second)) continue;
+    if (page.jobs.size() == query.limit) {
+      page.next_cursor = api::make_cursor(page.jobs.back().id);
+      break;
+    }
+    page.jobs.push_back(it->second);
+  }
+  return page;
+}
+
+const IdempotencyRecord* MemoryJobStore::find_key(const std::string& key) const {
+  auto it = keys_.find(key);
+  return it == keys_.end() ? nullptr : &it->second;
+}
+
+void MemoryJobStore::remember_key(const std::string& key, IdempotencyRecord record) {
+  for (const auto& id : record.job_ids) key_of_job_[id] = key;
+  keys_[key] = std::move(record);
+}
+
+}  // namespace switchyard::server

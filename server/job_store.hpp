@@ -1,0 +1,72 @@
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "api/job.hpp"
+#include "api/job_service.hpp"
+#include "api/requests.hpp"
+
+namespace switchyard::server {
+
+/// An Idempotency-Key's record: the request it was first used with and the jobs it made.
+struct IdempotencyRecord {
+  std::string fingerprint;
+  std::vector<std::string> job_ids;
+};
+
+/// Where jobs live. The seam for durable stores (SQLite, PostgreSQL): the dispatcher only talks
+/// to this interface. Thread-safety: none; the dispatcher serialises every call.
+class JobStore {
+ public:
+  virtual ~JobStore() = default;
+
+  /// Adds a new job (status queued).
+  virtual void insert(api::Job job) = 0;
+  /// The job, or nullptr. The pointer is valid until the next non-const call.
+  [[nodiscard]] virtual const api::Job* find(const std::string& id) const = 0;
+  /// Applies `change` to the job; false if it is unknown.
+  virtual bool update(const std::string& id, const std::function<void(api::Job&)>& change) = 0;
+  /// Records that the job reached a terminal state; evicts the oldest-finished jobs beyond the
+  /// retention bound (never queued or running ones) and returns their ids.
+  virtual std::vector<std::string> retire(const std::string& id) = 0;
+  /// A page of jobs, newest first.
+  [[nodiscard]] virtual api::ListPage list(const api::ListQuery& query) const = 0;
+  /// Number of jobs held.
+  [[nodiscard]] virtual std::size_t size() const = 0;
+
+  /// The record of an Idempotency-Key, or nullptr.
+  [[nodiscard]] virtual const IdempotencyRecord* find_key(const std::string& key) const = 0;
+  /// Remembers a key for as long as any of its jobs is retained.
+  virtual void remember_key(const std::string& key, IdempotencyRecord record) = 0;
+};
+
+/// Jobs in memory, ordered by id (ids are time-ordered UUIDv7), with a bound on finished jobs.
+class MemoryJobStore final : public JobStore {
+ public:
+  explicit MemoryJobStore(std::size_t retain_terminal);
+
+  void insert(api::Job job) override;
+  [[nodiscard]] const api::Job* find(const std::string& id) const override;
+  bool update(const std::string& id, const std::function<void(api::Job&)>& change) override;
+  std::vector<std::string> retire(const std::string& id) override;
+  [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override;
+  [[nodiscard]] std::size_t size() const override { return jobs_.size(); }
+  [[nodiscard]] const IdempotencyRecord* find_key(const std::string& key) const override;
+  void remember_key(const std::string& key, IdempotencyRecord record) override;
+
+ private:
+  std::size_t retain_terminal_;
+  std::map<std::string, api::Job> jobs_;        // by id: creation order
+  std::deque<std::string> finished_order_;      // terminal jobs, oldest-finished first
+  std::unordered_map<std::string, IdempotencyRecord> keys_;
+  std::unordered_map<std::string, std::string> key_of_job_;
+};
+
+}  // namespace switchyard::server

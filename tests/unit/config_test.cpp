@@ -1,0 +1,93 @@
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+
+#include "server/config.hpp"
+
+using namespace switchyard::server;
+
+namespace {
+Command parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "switchyard");
+  return parse_command_line(static_cast<int>(args.size()), args.data());
+}
+}  // namespace
+
+TEST_CASE("defaults follow API.md") {
+  ::unsetenv("SWITCHYARD_LISTEN");
+  auto command = parse({});
+  REQUIRE(std::holds_alternative<ServeCommand>(command));
+  const auto& c = std::get<ServeCommand>(command).config;
+  CHECK(c.listen_host == "127.0.0.1");
+  CHECK(c.listen_port == 8080);
+  CHECK(c.io_threads == 2);
+  CHECK(c.process_workers >= 1);
+  CHECK(c.max_body_bytes == 1048576);
+  CHECK_FALSE(c.diagnostics);
+  CHECK(c.log_format == "text");
+}
+
+TEST_CASE("environment variables apply and flags win over them") {
+  ::setenv("SWITCHYARD_IO_THREADS", "7", 1);
+  ::setenv("SWITCHYARD_DIAGNOSTICS", "true", 1);
+  auto from_env = parse({});
+  REQUIRE(std::holds_alternative<ServeCommand>(from_env));
+  CHECK(std::get<ServeCommand>(from_env).config.io_threads == 7);
+  CHECK(std::get<ServeCommand>(from_env).config.diagnostics);
+  auto flag_wins = parse({"--io-threads", "3"});
+  CHECK(std::get<ServeCommand>(flag_wins).config.io_threads == 3);
+  ::unsetenv("SWITCHYARD_IO_THREADS");
+  ::unsetenv("SWITCHYARD_DIAGNOSTICS");
+}
+
+TEST_CASE("bad values are usage errors, not crashes") {
+  for (auto args : std::vector<std::vector<const char*>>{{"--io-threads", "0"},
+                                                          {"--listen", "nonsense"},
+                                                          {"--listen", "127.0.0.1:99999"},
+                                                          {"--log-format", "xml"},
+                                                          {"--no-such-flag"},
+                                                          {"--default-timeout-ms", "5000", "--max-timeout-ms", "10"}}) {
+    auto command = parse(args);
+    REQUIRE(std::holds_alternative<ExitNow>(command));
+    CHECK(std::get<ExitNow>(command).code != 0);
+  }
+}
+
+TEST_CASE("--help exits 0 and lists the contract's flags") {
+  auto command = parse({"--help"});
+  REQUIRE(std::holds_alternative<ExitNow>(command));
+  const auto& help = std::get<ExitNow>(command);
+  CHECK(help.code == 0);
+  for (const char* flag : {"--listen", "--io-threads", "--process-workers", "--queue-limit", "--default-timeout-ms",
+                           "--max-timeout-ms", "--max-body-bytes", "--drain-grace-ms", "--diagnostics",
+                           "--log-format", "--tokens-file", "--store", "--data-dir", "--database-url"}) {
+    CHECK_MESSAGE(help.text.find(flag) != std::string::npos, flag);
+  }
+}
+
+TEST_CASE("listen addresses") {
+  CHECK(parse_listen("0.0.0.0:0") == std::make_pair(std::string("0.0.0.0"), std::uint16_t{0}));
+  CHECK(parse_listen("[::1]:8080") == std::make_pair(std::string("::1"), std::uint16_t{8080}));
+  CHECK_FALSE(parse_listen("localhost"));
+  CHECK_FALSE(parse_listen(":80"));
+  CHECK_FALSE(parse_listen("::1:80"));
+}
+
+TEST_CASE("worker arguments round-trip through the worker subcommand") {
+  switchyard::workers::WorkerOptions options;
+  options.parent = 4242;
+  options.builtin.diagnostics = true;
+  options.builtin.http_allow = {"10.0.0.0/8", "example.org"};
+  options.builtin.http_max_response_bytes = 12345;
+  auto args = worker_arguments(options);
+  std::vector<const char*> argv;
+  for (auto& a : args) argv.push_back(a.c_str());
+  auto command = parse(argv);
+  REQUIRE(std::holds_alternative<WorkerCommand>(command));
+  const auto& parsed = std::get<WorkerCommand>(command).options;
+  CHECK(parsed.fd == 3);
+  CHECK(parsed.parent == 4242);
+  CHECK(parsed.builtin.diagnostics);
+  CHECK(parsed.builtin.http_allow == options.builtin.http_allow);
+  CHECK(parsed.builtin.http_max_response_bytes == 12345);
+}

@@ -1,0 +1,168 @@
+#include <doctest/doctest.h>
+
+#include <condition_variable>
+#include <csignal>
+#include <thread>
+
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+
+#include "server/config.hpp"
+#include "server/uuid.hpp"
+#include "workers/process_pool.hpp"
+
+using namespace switchyard;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// Records what the pool reports, and lets a test wait for it.
+class Recorder final : public workers::ExecutionObserver {
+ public:
+  void on_started(workers::Execution&, std::optional<pid_t> pid) override {
+    std::lock_guard lock(mutex_);
+    started_pids.push_back(pid.value_or(0));
+    changed_.notify_all();
+  }
+  void on_finished(workers::Execution& run, workers::RunReport report) override {
+    std::lock_guard lock(mutex_);
+    finished.emplace(run.id_text(), std::move(report));
+    changed_.notify_all();
+  }
+  void on_worker_restart(workers::RestartReason reason) override {
+    std::lock_guard lock(mutex_);
+    restarts.push_back(reason);
+  }
+  workers::RunReport wait_for(const std::string& id) {
+    std::unique_lock lock(mutex_);
+    REQUIRE(changed_.wait_for(lock, 20s, [&] { return finished.contains(id); }));
+    return finished.at(id);
+  }
+  bool wait_started(std::size_t count) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, 20s, [&] { return started_pids.size() >= count; });
+  }
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<pid_t> started_pids;
+  std::map<std::string, workers::RunReport> finished;
+  std::vector<workers::RestartReason> restarts;
+};
+
+struct PoolFixture {
+  explicit PoolFixture(int workers) : catalogue(workers::make_builtin_catalogue(builtin())) {
+    workers::PoolOptions options;
+    options.workers = workers;
+    options.executable = SWITCHYARD_BINARY;
+    workers::WorkerOptions worker;
+    worker.parent = ::getpid();
+    worker.builtin = builtin();
+    options.worker_args = server::worker_arguments(worker);
+    pool = std::make_unique<workers::ProcessPool>(context, options, recorder);
+    pool->start();
+    for (int i = 0; i < 2; ++i) threads.emplace_back([this] { context.run(); });
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!pool->stats().ready && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    REQUIRE(pool->stats().ready);
+  }
+  ~PoolFixture() {
+    pool->drain_queue();
+    pool->terminate();
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!pool->stopped() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    CHECK(pool->stopped());
+    context.stop();
+    for (auto& t : threads) t.join();
+  }
+  static workers::BuiltinOptions builtin() {
+    workers::BuiltinOptions o;
+    o.diagnostics = true;
+    return o;
+  }
+  std::shared_ptr<workers::Execution> submit(const std::string& type, nlohmann::json input,
+                                             std::chrono::milliseconds timeout = 10s) {
+    auto run = std::make_shared<workers::Execution>(ids.next(), *catalogue.find(type), std::move(input), 0, timeout);
+    pool->submit(run);
+    return run;
+  }
+
+  boost::asio::io_context context;
+  workers::Catalogue catalogue;
+  Recorder recorder;
+  server::UuidV7Generator ids;
+  std::unique_ptr<workers::ProcessPool> pool;
+  std::vector<std::thread> threads;
+};
+
+bool alive(pid_t pid) { return ::kill(pid, 0) == 0; }
+
+}  // namespace
+
+TEST_CASE("a job runs in a worker process and the worker is reused") {
+  PoolFixture f(1);
+  auto a = f.submit("primes", {{"n", 1000}});
+  auto ra = f.recorder.wait_for(a->id_text());
+  CHECK(ra.outcome.ok);
+  CHECK(ra.outcome.result["count"] == 168);
+  REQUIRE(ra.worker_pid);
+  CHECK(*ra.worker_pid != ::getpid());
+  auto b = f.submit("hash", {{"data", "abc"}});
+  auto rb = f.recorder.wait_for(b->id_text());
+  CHECK(rb.outcome.result["hex"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(rb.worker_pid == ra.worker_pid);
+}
+
+TEST_CASE("a crash fails only its job and the worker is replaced") {
+  PoolFixture f(1);
+  auto crash = f.submit("crash", {{"signal", "SEGV"}});
+  auto report = f.recorder.wait_for(crash->id_text());
+  CHECK_FALSE(report.outcome.ok);
+  CHECK(report.outcome.error_code == "worker_crashed");
+  CHECK(report.outcome.error_message.find("SIGSEGV") != std::string::npos);
+  auto next = f.submit("noop", nlohmann::json::object());
+  auto after = f.recorder.wait_for(next->id_text());
+  CHECK(after.outcome.ok);
+  CHECK(after.worker_pid != report.worker_pid);
+  CHECK_FALSE(alive(*report.worker_pid));
+}
+
+TEST_CASE("a job over its timeout is killed with its worker") {
+  PoolFixture f(1);
+  const auto started = std::chrono::steady_clock::now();
+  auto slow = f.submit("burn", {{"ms", 10000}}, 200ms);
+  auto report = f.recorder.wait_for(slow->id_text());
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  CHECK(report.stopped == workers::StopReason::timeout);
+  CHECK(report.outcome.error_code == "timeout");
+  CHECK(report.cpu_ms > 50);  // from the killed worker's rusage
+  CHECK_FALSE(alive(*report.worker_pid));
+}
+
+TEST_CASE("cancelling a running job kills its worker; a queued one is taken back") {
+  PoolFixture f(1);
+  auto running = f.submit("burn", {{"ms", 10000}});
+  auto queued = f.submit("noop", nlohmann::json::object());
+  REQUIRE(f.recorder.wait_started(1));
+  CHECK(f.pool->stats().queued == 1);
+  CHECK(f.pool->remove_queued(queued->id_text()) == queued);
+  running->request_stop(workers::StopReason::cancel);
+  auto report = f.recorder.wait_for(running->id_text());
+  CHECK(report.stopped == workers::StopReason::cancel);
+  CHECK(report.outcome.error_code == "cancelled");
+  CHECK_FALSE(alive(*report.worker_pid));
+  std::lock_guard lock(f.recorder.mutex_);
+  CHECK_FALSE(f.recorder.finished.contains(queued->id_text()));
+}
+
+TEST_CASE("two workers run two jobs at once in different processes") {
+  PoolFixture f(2);
+  auto a = f.submit("burn", {{"ms", 300}});
+  auto b = f.submit("burn", {{"ms", 300}});
+  auto ra = f.recorder.wait_for(a->id_text());
+  auto rb = f.recorder.wait_for(b->id_text());
+  CHECK(ra.outcome.ok);
+  CHECK(rb.outcome.ok);
+  CHECK(ra.worker_pid != rb.worker_pid);
+}

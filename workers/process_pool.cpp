@@ -1,0 +1,517 @@
+#include "workers/process_pool.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <variant>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <spdlog/spdlog.h>
+
+extern char** environ;
+
+namespace switchyard::workers {
+
+namespace asio = boost::asio;
+using namespace asio::experimental::awaitable_operators;
+using Clock = std::chrono::steady_clock;
+
+std::string_view to_string(RestartReason reason) noexcept {
+  switch (reason) {
+    case RestartReason::crash: return "crash";
+    case RestartReason::timeout: return "timeout";
+    case RestartReason::cancel: return "cancel";
+    case RestartReason::recycle: return "recycle";
+    case RestartReason::memory: return "memory";
+  }
+  return "crash";
+}
+
+namespace {
+
+/// What one request/response exchange with a worker produced.
+struct Exchange {
+  enum class Kind { reply, io_error, protocol_error } kind = Kind::io_error;
+  Outcome outcome;
+  double cpu_ms = 0;
+  double cpu_total_ms = 0;
+  std::string problem;  // for io_error / protocol_error
+};
+
+/// A frame read from a worker, or why none could be read.
+struct ReadFrame {
+  bool ok = false;
+  bool protocol_error = false;
+  FrameHeader header;
+  std::string payload;
+  std::string problem;
+};
+
+asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& socket) {
+  ReadFrame frame;
+  std::array<std::uint8_t, kFrameHeaderSize> bytes{};
+  auto [read_error, n] = co_await asio::async_read(socket, asio::buffer(bytes), asio::as_tuple(asio::use_awaitable));
+  if (read_error) {
+    frame.problem = read_error.message();
+    co_return frame;
+  }
+  const auto decoded = decode_frame_header(bytes);
+  if (!decoded.header) {
+    frame.protocol_error = true;
+    frame.problem = std::string("malformed frame header: ") + std::string(to_string(decoded.error));
+    co_return frame;
+  }
+  frame.header = *decoded.header;
+  frame.payload.resize(frame.header.length);
+  auto [payload_error, m] =
+      co_await asio::async_read(socket, asio::buffer(frame.payload), asio::as_tuple(asio::use_awaitable));
+  if (payload_error) {
+    frame.problem = payload_error.message();
+    co_return frame;
+  }
+  frame.ok = true;
+  co_return frame;
+}
+
+Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
+  Exchange result;
+  result.kind = Exchange::Kind::protocol_error;
+  if (frame.header.type != FrameType::result) {
+    result.problem = "unexpected frame type from worker";
+    return result;
+  }
+  if (frame.header.job_id != expected) {
+    result.problem = "worker answered for the wrong job id";
+    return result;
+  }
+  auto reply = nlohmann::json::parse(frame.payload, nullptr, false);
+  if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean() ||
+      !reply.value("cpu_ms", nlohmann::json()).is_number()) {
+    result.problem = "malformed result payload from worker";
+    return result;
+  }
+  result.kind = Exchange::Kind::reply;
+  result.cpu_ms = reply["cpu_ms"].get<double>();
+  result.cpu_total_ms = reply.value("cpu_total_ms", 0.0);
+  if (reply["ok"].get<bool>()) {
+    result.outcome = Outcome::success(reply.value("result", nlohmann::json::object()));
+  } else {
+    const auto error = reply.value("error", nlohmann::json::object());
+    result.outcome = Outcome::failure(error.value("code", "handler_error"), error.value("message", ""));
+  }
+  return result;
+}
+
+}  // namespace
+
+/// Supervises one worker process at a time: boots it, feeds it jobs, replaces it.
+class ProcessPool::Slot {
+ public:
+  Slot(ProcessPool& pool, int index)
+      : pool_(pool), index_(index), strand_(asio::make_strand(pool.context_)),
+        socket_(strand_), runs_(strand_, 1), exits_(strand_, 1) {}
+
+  using RunChannel = asio::experimental::concurrent_channel<void(boost::system::error_code, std::shared_ptr<Execution>)>;
+  using ExitChannel = asio::experimental::concurrent_channel<void(boost::system::error_code, ExitInfo)>;
+
+  asio::strand<asio::io_context::executor_type>& strand() { return strand_; }
+  RunChannel& runs() { return runs_; }
+
+  /// The running job, if any (for terminate()); guarded by the pool mutex.
+  std::shared_ptr<Execution> current;
+
+  asio::awaitable<void> run() {
+    int failures = 0;
+    while (!pool_.is_closed()) {
+      const bool up = co_await boot();
+      if (!up) {
+        ++failures;
+        if (failures == pool_.options_.boot_failures_before_unready) pool_.failing_slots_.fetch_add(1);
+        const auto backoff = std::chrono::milliseconds(std::min(100 * (1 << std::min(failures - 1, 7)), 10000));
+        spdlog::warn("worker slot {}: boot failed ({} in a row), retrying in {} ms", index_, failures, backoff.count());
+        co_await pause(backoff);
+        continue;
+      }
+      if (failures >= pool_.options_.boot_failures_before_unready) pool_.failing_slots_.fetch_sub(1);
+      failures = 0;
+      pool_.worker_up();
+      co_await serve();
+      pool_.workers_up_.fetch_sub(1);
+      co_await retire();
+    }
+    if (failures >= pool_.options_.boot_failures_before_unready) pool_.failing_slots_.fetch_sub(1);
+  }
+
+ private:
+  /// Sleeps up to `duration`, waking early when the pool closes.
+  asio::awaitable<void> pause(std::chrono::milliseconds duration) {
+    asio::steady_timer timer(strand_);
+    const auto until = Clock::now() + duration;
+    while (!pool_.is_closed() && Clock::now() < until) {
+      timer.expires_after(std::min<Clock::duration>(std::chrono::milliseconds(50), until - Clock::now()));
+      co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  }
+
+  /// Starts a worker process and waits for its hello frame.
+  asio::awaitable<bool> boot() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+      spdlog::error("worker slot {}: socketpair failed: {}", index_, std::strerror(errno));
+      co_return false;
+    }
+    // The child's end goes to fd 3; keep the source above 3 so dup2 really copies (and so
+    // clears close-on-exec) instead of being a no-op.
+    const int child_fd = ::fcntl(fds[1], F_DUPFD_CLOEXEC, 10);
+    ::close(fds[1]);
+    pid_ = spawn(child_fd);
+    ::close(child_fd);
+    if (pid_ <= 0) {
+      ::close(fds[0]);
+      co_return false;
+    }
+    pool_.reaper_.watch(pid_, [this](const ExitInfo& info) { exits_.try_send(boost::system::error_code{}, info); });
+    socket_ = asio::local::stream_protocol::socket(strand_);
+    socket_.assign(asio::local::stream_protocol(), fds[0]);
+
+    asio::steady_timer deadline(strand_, pool_.options_.boot_timeout);
+    auto first = co_await (read_frame(socket_) || deadline.async_wait(asio::use_awaitable));
+    bool ok = false;
+    if (first.index() == 0) {
+      const auto& frame = std::get<0>(first);
+      if (frame.ok && frame.header.type == FrameType::hello) {
+        auto hello = nlohmann::json::parse(frame.payload, nullptr, false);
+        if (hello.is_object()) {
+          cpu_total_ms_ = hello.value("cpu_total_ms", 0.0);
+          ok = true;
+        }
+      }
+      if (!ok) spdlog::error("worker slot {}: pid {} did not say hello: {}", index_, pid_, frame.problem);
+    } else {
+      spdlog::error("worker slot {}: pid {} did not boot within {} ms", index_, pid_, pool_.options_.boot_timeout.count());
+    }
+    if (!ok) {
+      pool_.reaper_.signal_group(pid_, SIGKILL);
+      const auto info = co_await await_exit();
+      spdlog::error("worker slot {}: pid {} ended with {}", index_, pid_, info.describe());
+    }
+    co_return ok;
+  }
+
+  pid_t spawn(int child_fd) {
+    std::vector<std::string> args;
+    args.push_back(pool_.options_.executable);
+    args.insert(args.end(), pool_.options_.worker_args.begin(), pool_.options_.worker_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawnattr_init(&attr);
+    posix_spawn_file_actions_adddup2(&actions, child_fd, 3);
+    sigset_t empty;
+    sigemptyset(&empty);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPIPE, SIGHUP}) sigaddset(&defaults, sig);
+    posix_spawnattr_setsigmask(&attr, &empty);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setpgroup(&attr, 0);  // its own process group, killed as one
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = -1;
+    const int rc = ::posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    if (rc != 0) {
+      spdlog::error("worker slot {}: cannot start {}: {}", index_, argv[0], std::strerror(rc));
+      return -1;
+    }
+    return pid;
+  }
+
+  /// Waits for the current pid's exit; SIGKILLs it if it takes longer than exit_timeout.
+  asio::awaitable<ExitInfo> await_exit() {
+    asio::steady_timer deadline(strand_, pool_.options_.exit_timeout);
+    for (int round = 0;; ++round) {
+      auto exited = co_await (exits_.async_receive(asio::use_awaitable) || deadline.async_wait(asio::use_awaitable));
+      if (exited.index() == 0) co_return std::get<0>(exited);
+      spdlog::warn("worker slot {}: pid {} still alive after {} ms, sending SIGKILL", index_, pid_,
+                   pool_.options_.exit_timeout.count());
+      pool_.reaper_.signal_group(pid_, SIGKILL);
+      pool_.reaper_.reap();
+      deadline.expires_after(round < 5 ? pool_.options_.exit_timeout : std::chrono::hours(24));
+    }
+  }
+
+  /// Feeds jobs to the live worker until it must be replaced or the pool closes.
+  asio::awaitable<void> serve() {
+    for (;;) {
+      auto run = co_await pool_.next_run(*this);
+      if (!run) co_return;  // closed: retire() closes the socket, the worker reads EOF and exits
+      if (run->stop_flag().stop_requested()) {  // cancelled between the queue and here
+        pool_.finish(*this, *run, RunReport{Outcome::failure("cancelled", "stopped before it started"),
+                                            run->stop_flag().reason(), 0, std::nullopt, false});
+        continue;
+      }
+      if (!co_await run_one(run)) co_return;
+    }
+  }
+
+  /// Runs one job; returns false when the worker is gone (killed or crashed).
+  asio::awaitable<bool> run_one(std::shared_ptr<Execution> run) {
+    const pid_t pid = pid_;
+    auto& reaper = pool_.reaper_;
+    run->arm_stop([&reaper, pid](StopReason reason) {
+      reaper.signal_group(pid, reason == StopReason::shutdown ? SIGTERM : SIGKILL);
+    });
+    pool_.observer_.on_started(*run, pid);
+
+    nlohmann::json request = {{"type", run->type().name}, {"input", run->input()}};
+    std::string frame = encode_frame(FrameType::run, run->id(), request.dump());
+    asio::steady_timer deadline(strand_, run->timeout());
+    auto outcome = co_await (exchange(std::move(frame), run->id()) || deadline.async_wait(asio::use_awaitable));
+    run->disarm_stop();
+
+    if (outcome.index() == 0 && std::get<0>(outcome).kind == Exchange::Kind::reply) {
+      auto& reply = std::get<0>(outcome);
+      cpu_total_ms_ = reply.cpu_total_ms;
+      pool_.finish(*this, *run, RunReport{std::move(reply.outcome), run->stop_flag().reason(), reply.cpu_ms, pid, true});
+      co_return true;
+    }
+
+    RestartReason restart = RestartReason::crash;
+    RunReport report;
+    report.worker_pid = pid;
+    if (outcome.index() == 1) {
+      run->request_stop(StopReason::timeout);  // loses to a cancel that came first
+      reaper.signal_group(pid, SIGKILL);
+    } else if (std::get<0>(outcome).kind == Exchange::Kind::protocol_error) {
+      spdlog::error("worker slot {}: pid {} broke the protocol ({}), killing it", index_, pid, std::get<0>(outcome).problem);
+      reaper.signal_group(pid, SIGKILL);
+      report.outcome = Outcome::failure("worker_protocol_error", std::get<0>(outcome).problem);
+    }
+    const ExitInfo info = co_await await_exit();
+    exited_ = true;
+    report.cpu_ms = std::max(0.0, info.cpu_ms - cpu_total_ms_);
+    report.stopped = run->stop_flag().reason();
+    switch (report.stopped) {
+      case StopReason::timeout:
+        restart = RestartReason::timeout;
+        report.outcome = Outcome::failure("timeout", "the job ran longer than its timeout_ms; worker process " +
+                                                         std::to_string(pid) + " was killed");
+        break;
+      case StopReason::cancel:
+        restart = RestartReason::cancel;
+        report.outcome = Outcome::failure("cancelled", "cancelled while running; worker process " +
+                                                           std::to_string(pid) + " was killed (SIGKILL)");
+        break;
+      case StopReason::shutdown:
+        report.outcome = Outcome::failure("shutdown", "the server shut down while the job ran; worker process " +
+                                                          std::to_string(pid) + " was stopped");
+        break;
+      case StopReason::none:
+        if (report.outcome.error_code.empty()) {
+          report.outcome = Outcome::failure("worker_crashed", "worker process " + std::to_string(pid) +
+                                                                  " died with " + info.describe());
+        }
+        break;
+    }
+    spdlog::info("worker slot {}: pid {} replaced after {} (job {})", index_, pid, info.describe(), run->id_text());
+    const bool shutting_down = report.stopped == StopReason::shutdown;
+    pool_.finish(*this, *run, std::move(report));
+    if (!shutting_down) pool_.observer_.on_worker_restart(restart);
+    co_return false;
+  }
+
+  /// Writes the run frame and reads the worker's answer. Never throws.
+  asio::awaitable<Exchange> exchange(std::string frame, FrameJobId id) {
+    Exchange result;
+    auto [write_error, n] = co_await asio::async_write(socket_, asio::buffer(frame), asio::as_tuple(asio::use_awaitable));
+    if (write_error) {
+      result.problem = write_error.message();
+      co_return result;
+    }
+    const ReadFrame reply = co_await read_frame(socket_);
+    if (!reply.ok) {
+      result.kind = reply.protocol_error ? Exchange::Kind::protocol_error : Exchange::Kind::io_error;
+      result.problem = reply.problem;
+      co_return result;
+    }
+    co_return interpret_reply(reply, id);
+  }
+
+  /// Ends the current worker: close our end (it exits on EOF), wait, escalate if needed.
+  asio::awaitable<void> retire() {
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    if (!exited_) {
+      const ExitInfo info = co_await await_exit();
+      spdlog::debug("worker slot {}: pid {} exited with {}", index_, pid_, info.describe());
+    }
+    exited_ = false;
+    pid_ = -1;
+  }
+
+  ProcessPool& pool_;
+  int index_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  asio::local::stream_protocol::socket socket_;
+  RunChannel runs_;
+  ExitChannel exits_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  double cpu_total_ms_ = 0;
+};
+
+ProcessPool::ProcessPool(asio::io_context& context, PoolOptions options, ExecutionObserver& observer)
+    : context_(context), options_(std::move(options)), observer_(observer), reaper_(context) {}
+
+ProcessPool::~ProcessPool() = default;
+
+void ProcessPool::start() {
+  reaper_.start();
+  for (int i = 0; i < options_.workers; ++i) {
+    slots_.push_back(std::make_unique<Slot>(*this, i));
+    Slot& slot = *slots_.back();
+    slots_running_.fetch_add(1);
+    asio::co_spawn(slot.strand(), slot.run(), [this](std::exception_ptr error) {
+      if (error) {
+        try {
+          std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+          spdlog::critical("worker slot ended by an exception: {}", e.what());
+        }
+      }
+      if (slots_running_.fetch_sub(1) == 1) reaper_.stop();
+    });
+  }
+}
+
+bool ProcessPool::is_closed() const {
+  std::lock_guard lock(mutex_);
+  return closed_;
+}
+
+void ProcessPool::worker_up() {
+  const auto up = workers_up_.fetch_add(1) + 1;
+  std::lock_guard lock(mutex_);
+  if (up == static_cast<std::size_t>(options_.workers)) all_booted_once_ = true;
+}
+
+void ProcessPool::submit(std::shared_ptr<Execution> run) {
+  std::unique_lock lock(mutex_);
+  if (closed_) {
+    lock.unlock();
+    run->request_stop(StopReason::shutdown);
+    observer_.on_finished(*run, RunReport{Outcome::failure("shutdown", "the server is shutting down"),
+                                          StopReason::shutdown, 0, std::nullopt, false});
+    return;
+  }
+  if (!idle_.empty()) {
+    Slot* slot = idle_.back();
+    idle_.pop_back();
+    slot->current = run;
+    busy_.fetch_add(1);
+    lock.unlock();  // the slot may resume at once; it takes this mutex itself
+    slot->runs().try_send(boost::system::error_code{}, std::move(run));
+    return;
+  }
+  const std::string id = run->id_text();
+  const int priority = run->priority();
+  queue_.push(id, priority, std::move(run));
+}
+
+asio::awaitable<std::shared_ptr<Execution>> ProcessPool::next_run(Slot& slot) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) co_return nullptr;
+    if (auto run = queue_.pop()) {
+      slot.current = *run;
+      busy_.fetch_add(1);
+      co_return std::move(*run);
+    }
+    idle_.push_back(&slot);
+  }
+  auto [error, run] = co_await slot.runs().async_receive(asio::as_tuple(asio::use_awaitable));
+  co_return error ? nullptr : run;
+}
+
+void ProcessPool::finish(Slot& slot, Execution& run, RunReport report) {
+  {
+    std::lock_guard lock(mutex_);
+    if (slot.current.get() == &run) {
+      slot.current.reset();
+      busy_.fetch_sub(1);
+    }
+  }
+  observer_.on_finished(run, std::move(report));
+}
+
+std::shared_ptr<Execution> ProcessPool::remove_queued(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto run = queue_.remove(id);
+  return run ? std::move(*run) : nullptr;
+}
+
+std::vector<std::shared_ptr<Execution>> ProcessPool::drain_queue() {
+  std::lock_guard lock(mutex_);
+  return queue_.drain();
+}
+
+void ProcessPool::close() {
+  std::vector<Slot*> idle;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    idle.swap(idle_);
+  }
+  for (Slot* slot : idle) slot->runs().try_send(boost::system::error_code{}, nullptr);
+}
+
+void ProcessPool::terminate() {
+  close();
+  std::vector<std::shared_ptr<Execution>> running;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& slot : slots_) {
+      if (slot->current) running.push_back(slot->current);
+    }
+  }
+  for (auto& run : running) run->request_stop(StopReason::shutdown);
+  // Slots escalate to SIGKILL on their own when a worker outlives exit_timeout.
+}
+
+bool ProcessPool::stopped() const noexcept { return slots_running_.load() == 0; }
+
+std::size_t ProcessPool::running() const noexcept { return busy_.load(); }
+
+PoolStats ProcessPool::stats() const {
+  PoolStats stats;
+  stats.workers = workers_up_.load();
+  stats.busy = busy_.load();
+  std::lock_guard lock(mutex_);
+  stats.queued = queue_.size();
+  stats.ready = all_booted_once_ && failing_slots_.load() == 0 && !closed_;
+  return stats;
+}
+
+}  // namespace switchyard::workers

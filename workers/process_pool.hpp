@@ -1,0 +1,109 @@
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "workers/child_reaper.hpp"
+#include "workers/execution.hpp"
+#include "workers/job_queue.hpp"
+
+namespace switchyard::workers {
+
+/// Settings of the process pool.
+struct PoolOptions {
+  int workers = 1;                              ///< worker processes kept alive
+  std::string executable = "/proc/self/exe";    ///< the binary started in worker mode
+  std::vector<std::string> worker_args;         ///< argv after the executable (e.g. "worker", ...)
+  std::chrono::milliseconds boot_timeout{10000};  ///< time for a new worker to say hello
+  std::chrono::milliseconds exit_timeout{2000};   ///< after SIGTERM or EOF, before SIGKILL
+  int boot_failures_before_unready = 3;         ///< consecutive failed boots that mark the pool unready
+};
+
+/// A snapshot of the pool for /v1/stats and metrics.
+struct PoolStats {
+  std::size_t workers = 0;  ///< worker processes up and ready
+  std::size_t busy = 0;     ///< workers running a job
+  std::size_t queued = 0;   ///< jobs waiting for a worker
+  bool ready = false;       ///< every worker booted once and booting is not failing
+};
+
+/// The process model: a pool of worker processes, each running one job at a time.
+/// Each worker is supervised by one "slot" coroutine on its own strand: spawn (posix_spawn of
+/// this binary in worker mode, so no code runs in a fork of the threaded server), hello, then
+/// run jobs framed over a socketpair. A worker that times out, is cancelled, crashes or breaks
+/// the protocol is killed (its whole process group) and replaced, never reused.
+/// Thread-safety: all public members are thread-safe.
+class ProcessPool {
+ public:
+  ProcessPool(boost::asio::io_context& context, PoolOptions options, ExecutionObserver& observer);
+  ~ProcessPool();
+  ProcessPool(const ProcessPool&) = delete;
+  ProcessPool& operator=(const ProcessPool&) = delete;
+
+  /// Starts the slots (and so the worker processes).
+  void start();
+
+  /// Queues a run; an idle worker takes it at once. Runs submitted after close() are
+  /// finished at once as stopped by shutdown.
+  void submit(std::shared_ptr<Execution> run);
+
+  /// Takes back a queued run (cancel); nullptr if it is not queued (running, or unknown).
+  std::shared_ptr<Execution> remove_queued(const std::string& id);
+
+  /// Takes back every queued run (shutdown).
+  std::vector<std::shared_ptr<Execution>> drain_queue();
+
+  /// Stops taking jobs: idle workers are told to exit; running jobs go on.
+  void close();
+
+  /// Asks every running job to stop (SIGTERM to its worker); workers still alive after
+  /// exit_timeout get SIGKILL.
+  void terminate();
+
+  /// True once every slot has ended and its worker is reaped.
+  [[nodiscard]] bool stopped() const noexcept;
+
+  /// Number of jobs running now.
+  [[nodiscard]] std::size_t running() const noexcept;
+
+  /// Counters for stats and metrics.
+  [[nodiscard]] PoolStats stats() const;
+
+ private:
+  class Slot;
+  friend class Slot;
+
+  /// Awaits the next run for `slot`; nullptr once the pool is closed.
+  boost::asio::awaitable<std::shared_ptr<Execution>> next_run(Slot& slot);
+  /// Marks the slot's run done and reports it.
+  void finish(Slot& slot, Execution& run, RunReport report);
+  [[nodiscard]] bool is_closed() const;
+  void worker_up();
+
+  boost::asio::io_context& context_;
+  PoolOptions options_;
+  ExecutionObserver& observer_;
+  ChildReaper reaper_;
+
+  mutable std::mutex mutex_;
+  JobQueue<std::shared_ptr<Execution>> queue_;
+  std::vector<Slot*> idle_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  bool closed_ = false;
+  bool all_booted_once_ = false;
+
+  std::atomic<std::size_t> workers_up_{0};
+  std::atomic<std::size_t> busy_{0};
+  std::atomic<std::size_t> slots_running_{0};
+  std::atomic<int> failing_slots_{0};
+};
+
+}  // namespace switchyard::workers

@@ -1,0 +1,161 @@
+#include "workers/thread_executor.hpp"
+
+#include <algorithm>
+#include <ctime>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
+
+namespace switchyard::workers {
+
+namespace asio = boost::asio;
+
+namespace {
+
+double thread_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+}
+
+/// Per-run state shared by the coroutine, its timer and its stop hook.
+struct ThreadRun {
+  explicit ThreadRun(asio::io_context& context)
+      : strand(asio::make_strand(context)), deadline(context) {}
+  asio::strand<asio::io_context::executor_type> strand;
+  asio::steady_timer deadline;  // on the io_context itself: fires even while the strand is busy
+  asio::cancellation_signal cancel;
+  double cpu_ms = 0;
+};
+
+asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, std::shared_ptr<ThreadRun> state,
+                                 ExecutionObserver& observer) {
+  const JobType& type = run->type();
+  observer.on_started(*run, std::nullopt);  // here, not in start(): never under the executor's lock
+  if (run->stop_flag().stop_requested()) co_return Outcome::failure("cancelled", "stopped before it started");
+  try {
+    if (type.blocking) {
+      const double before = thread_cpu_ms();
+      Outcome outcome = type.blocking(run->input(), run->stop_flag());
+      state->cpu_ms = thread_cpu_ms() - before;
+      co_return outcome;
+    }
+    // Only the synchronous stretches of a coroutine use CPU; measure the first one and the
+    // resumptions that follow on this strand are too short to matter for io-kind jobs.
+    const double before = thread_cpu_ms();
+    Outcome outcome = co_await type.async(run->input());
+    state->cpu_ms = std::max(0.0, thread_cpu_ms() - before);
+    co_return outcome;
+  } catch (const boost::system::system_error& e) {
+    if (e.code() == asio::error::operation_aborted) co_return Outcome::failure("cancelled", "stopped");
+    co_return Outcome::failure("handler_error", e.what());
+  } catch (const std::bad_alloc&) {
+    co_return Outcome::failure("memory_limit", "the job ran out of memory");
+  } catch (const std::exception& e) {
+    co_return Outcome::failure("handler_error", e.what());
+  }
+}
+
+}  // namespace
+
+ThreadExecutor::ThreadExecutor(asio::io_context& context, ThreadOptions options, ExecutionObserver& observer)
+    : context_(context), options_(options), observer_(observer) {
+  options_.blocking_slots = std::max<std::size_t>(1, options_.blocking_slots);
+  options_.concurrency = std::max<std::size_t>(1, options_.concurrency);
+}
+
+bool ThreadExecutor::can_start(const Execution& run) const {
+  if (running_.size() >= options_.concurrency) return false;
+  return !run.type().blocking || blocking_running_ < options_.blocking_slots;
+}
+
+void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
+  std::unique_lock lock(mutex_);
+  if (closed_) {
+    lock.unlock();
+    run->request_stop(StopReason::shutdown);
+    observer_.on_finished(*run, RunReport{Outcome::failure("shutdown", "the server is shutting down"),
+                                          StopReason::shutdown, 0, std::nullopt, false});
+    return;
+  }
+  if (queue_.empty() && can_start(*run)) {
+    start(std::move(run));
+    return;
+  }
+  const std::string id = run->id_text();
+  const int priority = run->priority();
+  queue_.push(id, priority, std::move(run));
+}
+
+void ThreadExecutor::start(std::shared_ptr<Execution> run) {
+  const bool blocking = static_cast<bool>(run->type().blocking);
+  if (blocking) ++blocking_running_;
+  running_.emplace(run.get(), run);
+
+  auto state = std::make_shared<ThreadRun>(context_);
+  run->arm_stop([state](StopReason) {
+    asio::post(state->strand, [state] { state->cancel.emit(asio::cancellation_type::terminal); });
+  });
+  state->deadline.expires_after(run->timeout());
+  state->deadline.async_wait([run](const boost::system::error_code& error) {
+    if (!error) run->request_stop(StopReason::timeout);
+  });
+  asio::co_spawn(state->strand, run_job(run, state, observer_),
+                 asio::bind_cancellation_slot(state->cancel.slot(),
+                                              [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
+                                                run->disarm_stop();
+                                                state->deadline.cancel();
+                                                finished(*run, RunReport{std::move(outcome), run->stop_flag().reason(),
+                                                                         state->cpu_ms, std::nullopt, true},
+                                                         blocking);
+                                              }));
+}
+
+void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
+  {
+    std::lock_guard lock(mutex_);
+    if (blocking) --blocking_running_;
+    running_.erase(&run);
+    while (!closed_ && !queue_.empty()) {
+      auto next = queue_.pop_first([this](const auto& candidate) { return can_start(*candidate); });
+      if (!next) break;
+      start(std::move(*next));
+    }
+  }
+  observer_.on_finished(run, std::move(report));
+}
+
+std::shared_ptr<Execution> ThreadExecutor::remove_queued(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto run = queue_.remove(id);
+  return run ? std::move(*run) : nullptr;
+}
+
+std::vector<std::shared_ptr<Execution>> ThreadExecutor::drain_queue() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  return queue_.drain();
+}
+
+void ThreadExecutor::stop_running(StopReason reason) {
+  std::vector<std::shared_ptr<Execution>> running;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [key, run] : running_) running.push_back(run);
+  }
+  for (auto& run : running) run->request_stop(reason);
+}
+
+ThreadStats ThreadExecutor::stats() const {
+  std::lock_guard lock(mutex_);
+  return ThreadStats{running_.size(), blocking_running_, queue_.size()};
+}
+
+}  // namespace switchyard::workers

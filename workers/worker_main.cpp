@@ -1,0 +1,153 @@
+#include "workers/worker_main.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/system/system_error.hpp>
+
+#include "workers/frame.hpp"
+
+namespace switchyard::workers {
+namespace {
+
+double process_cpu_ms() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const auto ms = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e3 + static_cast<double>(tv.tv_usec) / 1e3; };
+  return ms(usage.ru_utime) + ms(usage.ru_stime);
+}
+
+/// Reads exactly `size` bytes; false on EOF or error.
+bool read_exact(int fd, void* data, std::size_t size) {
+  auto* p = static_cast<char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::read(fd, p, size);
+    if (n == 0) return false;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+bool write_all(int fd, const std::string& data) {
+  const char* p = data.data();
+  std::size_t left = data.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+/// Runs an async job type to completion on a private io_context (an io type forced onto the
+/// process model). Nothing else runs here, so the single thread is the worker's own.
+Outcome run_async(const JobType& type, const nlohmann::json& input) {
+  boost::asio::io_context context(1);
+  Outcome outcome = Outcome::failure("handler_error", "job did not complete");
+  boost::asio::co_spawn(context, type.async(input),
+                        [&outcome](std::exception_ptr error, Outcome result) {
+                          if (error) {
+                            try {
+                              std::rethrow_exception(error);
+                            } catch (const std::exception& e) {
+                              outcome = Outcome::failure("handler_error", e.what());
+                            }
+                          } else {
+                            outcome = std::move(result);
+                          }
+                        });
+  context.run();
+  return outcome;
+}
+
+Outcome run_job(const Catalogue& catalogue, const nlohmann::json& request) {
+  const auto* type = catalogue.find(request.at("type").get<std::string>());
+  if (type == nullptr) return Outcome::failure("handler_error", "unknown job type in run frame");
+  const auto& input = request.at("input");
+  try {
+    if (type->blocking) {
+      static const StopFlag never_stopped;  // a worker is stopped by being killed
+      return type->blocking(input, never_stopped);
+    }
+    return run_async(*type, input);
+  } catch (const std::bad_alloc&) {
+    return Outcome::failure("memory_limit", "the job ran out of memory");
+  } catch (const std::exception& e) {
+    return Outcome::failure("handler_error", e.what());
+  }
+}
+
+}  // namespace
+
+int worker_main(const WorkerOptions& options) {
+  // Die with the server, and notice if it died before this line ran.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (options.parent != 0 && ::getppid() != options.parent) return 0;
+  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the server decides
+
+  const Catalogue catalogue = make_builtin_catalogue(options.builtin);
+  const int fd = options.fd;
+  const FrameJobId no_job{};
+  nlohmann::json hello = {{"pid", ::getpid()}, {"cpu_total_ms", process_cpu_ms()}};
+  if (!write_all(fd, encode_frame(FrameType::hello, no_job, hello.dump()))) return 1;
+
+  std::array<std::uint8_t, kFrameHeaderSize> header_bytes{};
+  std::string payload;
+  for (;;) {
+    if (!read_exact(fd, header_bytes.data(), header_bytes.size())) return 0;  // server closed
+    const auto decoded = decode_frame_header(header_bytes);
+    if (!decoded.header || decoded.header->type != FrameType::run) {
+      std::fprintf(stderr, "switchyard worker: bad frame from server\n");
+      return 2;
+    }
+    payload.resize(decoded.header->length);
+    if (!read_exact(fd, payload.data(), payload.size())) return 0;
+
+    nlohmann::json request = nlohmann::json::parse(payload, nullptr, false);
+    if (!request.is_object() || !request.contains("type") || !request["type"].is_string() ||
+        !request.contains("input")) {
+      std::fprintf(stderr, "switchyard worker: malformed run payload\n");
+      return 2;
+    }
+    const double cpu_before = process_cpu_ms();
+    Outcome outcome = run_job(catalogue, request);
+    const double cpu_after = process_cpu_ms();
+
+    nlohmann::json reply = {{"ok", outcome.ok}, {"cpu_ms", cpu_after - cpu_before}, {"cpu_total_ms", cpu_after}};
+    if (outcome.ok) {
+      reply["result"] = std::move(outcome.result);
+    } else {
+      reply["error"] = {{"code", outcome.error_code}, {"message", outcome.error_message}};
+    }
+    std::string text = reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() > kMaxFramePayload) {
+      text = nlohmann::json{{"ok", false}, {"cpu_ms", cpu_after - cpu_before}, {"cpu_total_ms", cpu_after},
+                            {"error", {{"code", "handler_error"}, {"message", "result larger than the frame limit"}}}}
+                 .dump();
+    }
+    if (!write_all(fd, encode_frame(FrameType::result, decoded.header->job_id, text))) return 0;
+  }
+}
+
+}  // namespace switchyard::workers

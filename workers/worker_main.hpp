@@ -1,0 +1,21 @@
+#pragma once
+
+#include <sys/types.h>
+
+#include "workers/job_type.hpp"
+
+namespace switchyard::workers {
+
+/// How a worker process was started (its command line, built by the process pool).
+struct WorkerOptions {
+  int fd = 3;                 ///< the worker's end of the socketpair
+  pid_t parent = 0;           ///< the server's pid; the worker exits if its parent is gone
+  BuiltinOptions builtin;     ///< the same catalogue options as the server
+};
+
+/// The loop inside a worker process: say hello, then read a run frame, run the job, write the
+/// result frame, until the server closes the socket. Single-threaded; returns the exit code.
+/// Called only in a freshly exec'd process (never in a fork of the threaded server).
+int worker_main(const WorkerOptions& options);
+
+}  // namespace switchyard::workers
