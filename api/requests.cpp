@@ -120,7 +120,8 @@ std::variant<JobRequest, std::vector<FieldError>> parse_job_request(const nlohma
   if (auto it = body.find("timeout_ms"); it != body.end()) {
     if (!it->is_number_integer()) {
       errors.push_back({prefix + "/timeout_ms", "must be an integer, not " + type_name(*it)});
-    } else if (it->is_number_unsigned() ? it->get<std::uint64_t>() > static_cast<std::uint64_t>(limits.max_timeout_ms)
+    } else if (it->is_number_unsigned() ? (it->get<std::uint64_t>() < 1 ||
+                                           it->get<std::uint64_t>() > static_cast<std::uint64_t>(limits.max_timeout_ms))
                                         : (it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > limits.max_timeout_ms)) {
       errors.push_back({prefix + "/timeout_ms", "must be between 1 and " + std::to_string(limits.max_timeout_ms)});
     } else {

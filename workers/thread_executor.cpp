@@ -86,7 +86,9 @@ void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
     return;
   }
   if (queue_.empty() && can_start(*run)) {
-    start(std::move(run));
+    reserve(run);
+    lock.unlock();
+    launch(std::move(run));
     return;
   }
   const std::string id = run->id_text();
@@ -94,10 +96,13 @@ void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
   queue_.push(id, priority, std::move(run));
 }
 
-void ThreadExecutor::start(std::shared_ptr<Execution> run) {
-  const bool blocking = static_cast<bool>(run->type().blocking);
-  if (blocking) ++blocking_running_;
+void ThreadExecutor::reserve(const std::shared_ptr<Execution>& run) {
+  if (run->type().blocking) ++blocking_running_;
   running_.emplace(run.get(), run);
+}
+
+void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
+  const bool blocking = static_cast<bool>(run->type().blocking);
 
   auto state = std::make_shared<ThreadRun>(context_);
   run->arm_stop([state](StopReason) {
@@ -107,7 +112,8 @@ void ThreadExecutor::start(std::shared_ptr<Execution> run) {
   state->deadline.async_wait([run](const boost::system::error_code& error) {
     if (!error) run->request_stop(StopReason::timeout);
   });
-  asio::co_spawn(state->strand, run_job(run, state, observer_),
+  auto strand = state->strand;
+  asio::co_spawn(strand, run_job(run, state, observer_),
                  asio::bind_cancellation_slot(state->cancel.slot(),
                                               [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
                                                 run->disarm_stop();
@@ -119,6 +125,7 @@ void ThreadExecutor::start(std::shared_ptr<Execution> run) {
 }
 
 void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
+  std::vector<std::shared_ptr<Execution>> next_runs;
   {
     std::lock_guard lock(mutex_);
     if (blocking) --blocking_running_;
@@ -126,9 +133,12 @@ void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
     while (!closed_ && !queue_.empty()) {
       auto next = queue_.pop_first([this](const auto& candidate) { return can_start(*candidate); });
       if (!next) break;
-      start(std::move(*next));
+      reserve(*next);
+      next_runs.push_back(std::move(*next));
     }
   }
+  // Outside the lock: co_spawn may run the coroutine inline, and it calls the observer.
+  for (auto& next : next_runs) launch(std::move(next));
   observer_.on_finished(run, std::move(report));
 }
 

@@ -51,7 +51,8 @@ class ThreadExecutor {
   [[nodiscard]] ThreadStats stats() const;
 
  private:
-  void start(std::shared_ptr<Execution> run);  // mutex held by caller
+  void reserve(const std::shared_ptr<Execution>& run);  // mutex held by caller: count it as running
+  void launch(std::shared_ptr<Execution> run);          // mutex not held: start its coroutine
   void finished(Execution& run, RunReport report, bool blocking);
   [[nodiscard]] bool can_start(const Execution& run) const;  // mutex held by caller
 

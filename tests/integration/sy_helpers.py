@@ -343,7 +343,7 @@ def metric_sum(samples, name, **labels):
 
 # --- the server under test -------------------------------------------------------------------
 
-_LISTEN_TEXT_RE = re.compile(r"listening on http://(\d{1,3}(?:\.\d{1,3}){3}):(\d+)")
+_LISTEN_TEXT_RE = re.compile(r"listening (?:on http://|.*\baddress=)(\d{1,3}(?:\.\d{1,3}){3}):(\d+)")
 _ADDR_RE = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):(\d+)")
 
 

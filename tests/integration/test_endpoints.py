@@ -182,8 +182,8 @@ def test_configuration_from_environment(server_factory):
     s.wait_pool(3)
     names = {t["name"] for t in s.get("/v1/job-types").body["job_types"]}
     assert "noop" in names
-    listening = [l for l in s.stderr_lines if "listening on http://127.0.0.1:" in l]
-    assert listening, "text log format did not log 'listening on http://...'"
+    listening = [l for l in s.stderr_lines if f"listening address=127.0.0.1:{port}" in l]
+    assert listening, "text log format did not log 'listening address=...'"
     assert not listening[0].lstrip().startswith("{"), "SWITCHYARD_LOG_FORMAT=text ignored"
 
 
