@@ -8,7 +8,7 @@ lint_dir="$root/tests/lint"
 spec="$root/api/openapi.yaml"
 # The prose contract; the first that exists wins.
 contract=""
-for candidate in "${SWITCHYARD_API_MD:-}" "$root/API.md" "$root/docs/API.md" /work/shared/API.md; do
+for candidate in "${SWITCHYARD_API_MD:-}" "$root/../shared/API.md" "$root/API.md" "$root/docs/API.md"; do
   if [[ -n "$candidate" && -f "$candidate" ]]; then
     contract="$candidate"
     break

@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "workers/http_request_type.hpp"
+
 namespace switchyard::server {
 
 std::optional<std::pair<std::string, std::uint16_t>> parse_listen(const std::string& text) {
@@ -44,6 +46,8 @@ std::vector<std::string> worker_arguments(const workers::WorkerOptions& options)
   args.push_back(std::to_string(options.builtin.http_max_response_bytes));
   args.emplace_back("--max-timeout-ms");
   args.push_back(std::to_string(options.builtin.http_max_timeout_ms));
+  args.emplace_back("--log-format");
+  args.push_back(options.log_format);
   return args;
 }
 
@@ -132,6 +136,7 @@ Command parse_command_line(int argc, const char* const* argv) {
   worker_cmd->add_option("--http-allow", worker.builtin.http_allow);
   worker_cmd->add_option("--http-max-response-bytes", worker.builtin.http_max_response_bytes);
   worker_cmd->add_option("--max-timeout-ms", max_timeout_ms);
+  worker_cmd->add_option("--log-format", worker.log_format)->check(CLI::IsMember({"text", "json"}));
 
   HealthcheckCommand health;
   auto* health_cmd = app.add_subcommand("healthcheck", "GET /healthz of a running server; exit 0 if it answers 200");
@@ -160,6 +165,11 @@ Command parse_command_line(int argc, const char* const* argv) {
     }
     if (config.process_workers == 0) config.process_workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (!config.tokens_file.empty()) config.tokens = load_tokens(config.tokens_file);
+    try {
+      workers::check_http_allow_list(config.http_allow);
+    } catch (const std::invalid_argument& e) {
+      throw CLI::ValidationError("--http-allow", e.what());
+    }
     return ServeCommand{std::move(config)};
   } catch (const CLI::ParseError& e) {
     std::ostringstream out, err;

@@ -46,6 +46,7 @@ workers::PoolOptions pool_options(const Config& config) {
   worker.builtin.http_allow = config.http_allow;
   worker.builtin.http_max_response_bytes = config.http_max_response_bytes;
   worker.builtin.http_max_timeout_ms = static_cast<int>(std::min<std::int64_t>(config.max_timeout_ms, 1 << 30));
+  worker.log_format = config.log_format;
   options.worker_args = worker_arguments(worker);
   return options;
 }

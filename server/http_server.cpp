@@ -12,6 +12,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <tuple>
+
 #include "server/log.hpp"
 
 namespace switchyard::server {
@@ -144,7 +146,15 @@ asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
     parser.header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
     parser.body_limit(options_.max_body_bytes);
     stream.expires_after(options_.read_timeout);
-    auto [read_error, bytes] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    auto [read_error, bytes] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+    if (!read_error && !parser.is_done()) {
+      // curl and others send "Expect: 100-continue" with larger bodies and pause until told to go.
+      if (auto expect = parser.get()[http::field::expect]; api::iequals(expect, "100-continue")) {
+        http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+        co_await http::async_write(stream, go_on, kUseTuple);
+      }
+      std::tie(read_error, bytes) = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    }
     if (read_error == http::error::end_of_stream) break;
     const auto started = std::chrono::steady_clock::now();
     if (read_error) {

@@ -4,6 +4,7 @@
 
 #include "server/app.hpp"
 #include "server/config.hpp"
+#include "server/log.hpp"
 #include "workers/worker_main.hpp"
 
 int main(int argc, char** argv) {
@@ -13,7 +14,10 @@ int main(int argc, char** argv) {
     std::fputs(exit_now->text.c_str(), exit_now->code == 0 ? stdout : stderr);
     return exit_now->code;
   }
-  if (auto* worker = std::get_if<WorkerCommand>(&command)) return switchyard::workers::worker_main(worker->options);
+  if (auto* worker = std::get_if<WorkerCommand>(&command)) {
+    log::setup(worker->options.log_format, "info");
+    return switchyard::workers::worker_main(worker->options);
+  }
   if (auto* health = std::get_if<HealthcheckCommand>(&command)) return run_healthcheck(*health);
   return run_server(std::get<ServeCommand>(command).config);
 }

@@ -227,6 +227,9 @@ class ProcessPool::Slot {
     posix_spawn_file_actions_init(&actions);
     posix_spawnattr_init(&attr);
     posix_spawn_file_actions_adddup2(&actions, child_fd, 3);
+    // Nothing else crosses over: not the listening socket, not client connections, not other
+    // workers' sockets (Asio does not open every descriptor close-on-exec).
+    posix_spawn_file_actions_addclosefrom_np(&actions, 4);
     sigset_t empty;
     sigemptyset(&empty);
     sigset_t defaults;

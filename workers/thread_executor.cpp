@@ -1,5 +1,7 @@
 #include "workers/thread_executor.hpp"
 
+#include "workers/metered_executor.hpp"
+
 #include <algorithm>
 #include <ctime>
 
@@ -19,12 +21,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-double thread_cpu_ms() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
-}
-
 /// Per-run state shared by the coroutine, its timer and its stop hook.
 struct ThreadRun {
   explicit ThreadRun(asio::io_context& context)
@@ -32,27 +28,16 @@ struct ThreadRun {
   asio::strand<asio::io_context::executor_type> strand;
   asio::steady_timer deadline;  // on the io_context itself: fires even while the strand is busy
   asio::cancellation_signal cancel;
-  double cpu_ms = 0;
+  std::shared_ptr<CpuMeter> meter = std::make_shared<CpuMeter>();
 };
 
-asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, std::shared_ptr<ThreadRun> state,
-                                 ExecutionObserver& observer) {
+asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserver& observer) {
   const JobType& type = run->type();
   observer.on_started(*run, std::nullopt);  // here, not in start(): never under the executor's lock
   if (run->stop_flag().stop_requested()) co_return Outcome::failure("cancelled", "stopped before it started");
   try {
-    if (type.blocking) {
-      const double before = thread_cpu_ms();
-      Outcome outcome = type.blocking(run->input(), run->stop_flag());
-      state->cpu_ms = thread_cpu_ms() - before;
-      co_return outcome;
-    }
-    // Only the synchronous stretches of a coroutine use CPU; measure the first one and the
-    // resumptions that follow on this strand are too short to matter for io-kind jobs.
-    const double before = thread_cpu_ms();
-    Outcome outcome = co_await type.async(run->input());
-    state->cpu_ms = std::max(0.0, thread_cpu_ms() - before);
-    co_return outcome;
+    if (type.blocking) co_return type.blocking(run->input(), run->stop_flag());
+    co_return co_await type.async(run->input());
   } catch (const boost::system::system_error& e) {
     if (e.code() == asio::error::operation_aborted) co_return Outcome::failure("cancelled", "stopped");
     co_return Outcome::failure("handler_error", e.what());
@@ -112,16 +97,21 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
   state->deadline.async_wait([run](const boost::system::error_code& error) {
     if (!error) run->request_stop(StopReason::timeout);
   });
-  auto strand = state->strand;
-  asio::co_spawn(strand, run_job(run, state, observer_),
-                 asio::bind_cancellation_slot(state->cancel.slot(),
-                                              [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
-                                                run->disarm_stop();
-                                                state->deadline.cancel();
-                                                finished(*run, RunReport{std::move(outcome), run->stop_flag().reason(),
-                                                                         state->cpu_ms, std::nullopt, true},
-                                                         blocking);
-                                              }));
+  // The coroutine runs on the job's strand through a metering adapter, so cpu_ms is this job's
+  // own CPU time. The end is posted to the same strand: it then runs after the last metered
+  // stretch has been added up.
+  asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_),
+                 asio::bind_cancellation_slot(
+                     state->cancel.slot(), [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
+                       asio::post(state->strand, [this, run, state, blocking, outcome = std::move(outcome)]() mutable {
+                         run->disarm_stop();
+                         state->deadline.cancel();
+                         finished(*run,
+                                  RunReport{std::move(outcome), run->stop_flag().reason(), state->meter->total_ms(),
+                                            std::nullopt, true},
+                                  blocking);
+                       });
+                     }));
 }
 
 void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {

@@ -1,5 +1,7 @@
 #pragma once
 
+#include <string>
+
 #include <sys/types.h>
 
 #include "workers/job_type.hpp"
@@ -11,6 +13,7 @@ struct WorkerOptions {
   int fd = 3;                 ///< the worker's end of the socketpair
   pid_t parent = 0;           ///< the server's pid; the worker exits if its parent is gone
   BuiltinOptions builtin;     ///< the same catalogue options as the server
+  std::string log_format = "text";  ///< the server's log format, so worker lines match
 };
 
 /// The loop inside a worker process: say hello, then read a run frame, run the job, write the

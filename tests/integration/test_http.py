@@ -114,3 +114,20 @@ def test_queue_full_is_429_with_retry_after(server_factory):
         s.submit_ok("burn", {"ms": 50})
     sy.assert_problem(s.submit("burn", {"ms": 50}), 429, "queue_full")
     assert s.wait_job(s.submit_ok("sleep", {"ms": 1})["id"])["status"] == "succeeded"
+
+
+def test_expect_100_continue_is_answered_before_the_body(server):
+    """curl sends Expect: 100-continue for larger bodies and waits; the server must say go on."""
+    body = json.dumps({"jobs": [{"type": "sleep", "input": {"ms": 1}}] * 50}).encode()
+    head = (f"POST /v1/jobs:batch HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection((sy.HOST, server.port), timeout=5) as sock:
+        sock.sendall(head)
+        f = sock.makefile("rb")
+        status, _, _ = sy.read_raw_response(f)  # within the 5 s timeout, before any body byte
+        assert status == 100
+        sock.sendall(body)
+        status, _, payload = sy.read_raw_response(f)
+        f.close()
+    assert status == 202
+    assert len(json.loads(payload)["jobs"]) == 50

@@ -143,3 +143,16 @@ def test_crash_affects_only_its_worker(server):
     assert fb["worker_pid"] != fc["worker_pid"]
     server.wait_pool(2)
     assert server.get("/healthz").status == 200
+
+
+def test_workers_hold_no_server_descriptors(server):
+    """A worker must not inherit the listening socket or client connections: it would keep the
+    port bound and connections open after the server closed them."""
+    import os
+    server.wait_job(server.submit_ok("noop", {})["id"])  # a connection was open while workers ran
+    pids = server.live_worker_pids()
+    assert pids
+    for pid in pids:
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+        sockets = [fd for fd in fds if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")]
+        assert sockets == [3], (pid, fds, sockets)

@@ -46,6 +46,7 @@ TEST_CASE("bad values are usage errors, not crashes") {
                                                           {"--listen", "127.0.0.1:99999"},
                                                           {"--log-format", "xml"},
                                                           {"--no-such-flag"},
+                                                          {"--http-allow", "10.0.0.0/99"},
                                                           {"--default-timeout-ms", "5000", "--max-timeout-ms", "10"}}) {
     auto command = parse(args);
     REQUIRE(std::holds_alternative<ExitNow>(command));
@@ -79,6 +80,7 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   options.builtin.diagnostics = true;
   options.builtin.http_allow = {"10.0.0.0/8", "example.org"};
   options.builtin.http_max_response_bytes = 12345;
+  options.log_format = "json";
   auto args = worker_arguments(options);
   std::vector<const char*> argv;
   for (auto& a : args) argv.push_back(a.c_str());
@@ -90,4 +92,5 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   CHECK(parsed.builtin.diagnostics);
   CHECK(parsed.builtin.http_allow == options.builtin.http_allow);
   CHECK(parsed.builtin.http_max_response_bytes == 12345);
+  CHECK(parsed.log_format == "json");
 }
