@@ -60,12 +60,31 @@ std::array<unsigned char, SHA256_DIGEST_LENGTH> sha256(std::string_view text) {
   return digest;
 }
 
-Response accepted_or_done(const Job& job, bool replay, int waited_for_s = -1) {
+Response accepted_or_done(const Job& job, bool replay, std::optional<std::chrono::milliseconds> waited = {}) {
   const bool terminal = is_terminal(job.status);
-  Response response = json_response(terminal && (replay || waited_for_s >= 0) ? 200 : 202, to_json(job));
+  Response response = json_response(terminal && (replay || waited) ? 200 : 202, to_json(job));
   response.headers.emplace_back("Location", "/v1/jobs/" + job.id);
-  if (waited_for_s >= 0) response.headers.emplace_back("Preference-Applied", "wait=" + std::to_string(waited_for_s));
+  if (waited) {
+    std::string seconds = std::to_string(waited->count() / 1000);
+    if (const auto ms = waited->count() % 1000; ms != 0) {
+      seconds += "." + std::to_string(1000 + ms).substr(1);
+      while (seconds.back() == '0') seconds.pop_back();
+    }
+    response.headers.emplace_back("Preference-Applied", "wait=" + seconds);
+  }
   return response;
+}
+
+/// A short, fixed-size fingerprint of a request body for idempotency checks.
+std::string fingerprint(std::string_view kind, const nlohmann::json& body) {
+  const auto digest = sha256(dump(body));
+  std::string out(kind);
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned char byte : digest) {
+    out.push_back(kHex[byte >> 4]);
+    out.push_back(kHex[byte & 0x0f]);
+  }
+  return out;
 }
 
 }  // namespace
@@ -126,7 +145,12 @@ boost::asio::awaitable<Response> Router::handle(Request request) {
   const RouteMatch route = match_route(path);
   Response response;
   try {
-    if (route.id == RouteId::unmatched) {
+    if (path.starts_with("/v1/") && !authorized(request)) {
+      // Every /v1 request needs a token, even to learn that a path or method does not exist.
+      Problem problem = make_problem(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required");
+      problem.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"switchyard\"");
+      response = to_response(problem);
+    } else if (route.id == RouteId::unmatched) {
       response = to_response(make_problem(404, "not_found", "no route for " + std::string(path.substr(0, 200))));
     } else if (!method_allowed(route.allow, request.method)) {
       Problem problem = make_problem(405, "method_not_allowed",
@@ -146,10 +170,8 @@ boost::asio::awaitable<Response> Router::handle(Request request) {
 }
 
 boost::asio::awaitable<Response> Router::dispatch(Request& request, const RouteMatch& route, std::string_view query) {
-  const bool needs_token = route.id == RouteId::metrics ? options_.protect_metrics
-                                                        : (route.id != RouteId::healthz && route.id != RouteId::readyz &&
-                                                           route.id != RouteId::openapi);
-  if (needs_token && !authorized(request)) {
+  // /v1 paths were checked in handle(); /metrics is protected only when configured.
+  if (route.id == RouteId::metrics && options_.protect_metrics && !authorized(request)) {
     Problem problem = make_problem(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required");
     problem.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"switchyard\"");
     co_return to_response(problem);
@@ -255,7 +277,7 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
   }
   std::vector<JobRequest> requests;
   requests.push_back(std::move(std::get<JobRequest>(parsed)));
-  SubmitResult result = service_.submit(std::move(requests), key, "job:" + dump(body));
+  SubmitResult result = service_.submit(std::move(requests), key, fingerprint("job:", body));
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
     co_return refusal(result);
   }
@@ -266,7 +288,7 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
       if (!is_terminal(job.status)) {
         if (auto waited = co_await service_.wait(job.id, *wait)) job = std::move(*waited);
       }
-      co_return accepted_or_done(job, replay, static_cast<int>(wait->count() / 1000));
+      co_return accepted_or_done(job, replay, *wait);
     }
   }
   co_return accepted_or_done(job, replay);
@@ -306,9 +328,17 @@ Response Router::post_batch(const Request& request) {
       }
     }
   }
+  if (errors.empty()) {
+    std::size_t per_model[2] = {0, 0};
+    for (const auto& r : requests) ++per_model[r.model == Model::thread ? 0 : 1];
+    if (std::max(per_model[0], per_model[1]) > options_.limits.queue_limit) {
+      errors.push_back({"/jobs", "more jobs for one model than its queue can ever hold (" +
+                                     std::to_string(options_.limits.queue_limit) + ")"});
+    }
+  }
   if (!errors.empty()) return to_response(validation_problem(std::move(errors)));
 
-  SubmitResult result = service_.submit(std::move(requests), key, "batch:" + dump(body));
+  SubmitResult result = service_.submit(std::move(requests), key, fingerprint("batch:", body));
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) return refusal(result);
   nlohmann::json jobs = nlohmann::json::array();
   bool all_terminal = true;

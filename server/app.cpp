@@ -69,6 +69,8 @@ int run_server(const Config& config) {
   router_options.limits.default_timeout_ms = config.default_timeout_ms;
   router_options.limits.max_timeout_ms = config.max_timeout_ms;
   router_options.limits.max_wait_s = config.max_wait_s;
+  router_options.limits.queue_limit = config.queue_limit;
+  router_options.limits.blocking_on_thread = config.io_threads >= 2;
   router_options.tokens = config.tokens;
   router_options.protect_metrics = config.protect_metrics;
   router_options.openapi_yaml = std::string(api::openapi_yaml());

@@ -85,7 +85,7 @@ void add_serve_options(CLI::App& app, Config& c) {
   app.add_option("--max-timeout-ms", c.max_timeout_ms, "largest timeout_ms a job may ask for")
       ->envname(env("MAX_TIMEOUT_MS"))->check(CLI::Range(std::int64_t{1}, std::int64_t{86400000}))->capture_default_str();
   app.add_option("--max-body-bytes", c.max_body_bytes, "largest request body (413 above)")
-      ->envname(env("MAX_BODY_BYTES"))->check(CLI::Range(std::size_t{64}, std::size_t{1} << 30))->capture_default_str();
+      ->envname(env("MAX_BODY_BYTES"))->check(CLI::Range(std::size_t{64}, std::size_t{64} << 20))->capture_default_str();
   app.add_option("--max-header-bytes", c.max_header_bytes, "largest request header block (431 above)")
       ->envname(env("MAX_HEADER_BYTES"))->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 20))->capture_default_str();
   app.add_option("--max-connections", c.max_connections, "open client connections; more get 503 and are closed")

@@ -33,11 +33,13 @@ class CpuMeter {
   std::atomic<double> total_{0};
 };
 
-/// An executor adapter that runs every function on `Inner` (never inline) and charges the
-/// thread CPU time it takes to a CpuMeter. A coroutine spawned on it, and every operation it
-/// starts from `this_coro::executor`, resumes through it: so a job's cpu_ms counts its own work
-/// only, not the other coroutines that share the io threads while it waits.
-/// Thread-safety: like Inner.
+/// An executor adapter that runs every function on `Inner` and charges the thread CPU time it
+/// takes to a CpuMeter. A coroutine spawned on it, and every operation it starts from
+/// `this_coro::executor`, resumes through it: so a job's cpu_ms counts its own work only, not the
+/// other coroutines that share the io threads while it waits.
+/// Like a strand, it runs a function inline when asked to (blocking.possibly, as dispatch does)
+/// and the caller is already inside Inner; Asio relies on that, e.g. to deliver a cancellation
+/// while the operation it targets still exists. Thread-safety: like Inner.
 template <typename Inner>
 class MeteredExecutor {
  public:
@@ -49,17 +51,34 @@ class MeteredExecutor {
     return boost::asio::query(inner_, boost::asio::execution::context);
   }
 
-  /// Functions are always queued, never run inside execute().
-  static constexpr boost::asio::execution::blocking_t query(boost::asio::execution::blocking_t) noexcept {
-    return boost::asio::execution::blocking.never;
+  /// blocking.never after require(blocking.never), else blocking.possibly.
+  [[nodiscard]] boost::asio::execution::blocking_t query(boost::asio::execution::blocking_t) const noexcept {
+    return never_ ? boost::asio::execution::blocking_t(boost::asio::execution::blocking.never)
+                  : boost::asio::execution::blocking_t(boost::asio::execution::blocking.possibly);
   }
 
-  /// Already never-blocking.
-  [[nodiscard]] MeteredExecutor require(boost::asio::execution::blocking_t::never_t) const noexcept { return *this; }
+  /// A copy that always queues.
+  [[nodiscard]] MeteredExecutor require(boost::asio::execution::blocking_t::never_t) const noexcept {
+    MeteredExecutor copy = *this;
+    copy.never_ = true;
+    return copy;
+  }
 
-  /// Queues `f` on the inner executor and meters its run.
+  /// A copy that may run inline when already inside Inner.
+  [[nodiscard]] MeteredExecutor require(boost::asio::execution::blocking_t::possibly_t) const noexcept {
+    MeteredExecutor copy = *this;
+    copy.never_ = false;
+    return copy;
+  }
+
+  /// Runs `f` inline if allowed and already inside Inner (the running handler is being metered
+  /// or is the executor's own bookkeeping), else queues it on Inner and meters its run.
   template <typename Function>
   void execute(Function f) const {
+    if (!never_ && inner_.running_in_this_thread()) {
+      f();
+      return;
+    }
     boost::asio::require(inner_, boost::asio::execution::blocking.never)
         .execute([f = std::move(f), meter = meter_]() mutable {
           const double before = thread_cpu_ms();
@@ -69,13 +88,14 @@ class MeteredExecutor {
   }
 
   friend bool operator==(const MeteredExecutor& a, const MeteredExecutor& b) noexcept {
-    return a.inner_ == b.inner_ && a.meter_ == b.meter_;
+    return a.inner_ == b.inner_ && a.meter_ == b.meter_ && a.never_ == b.never_;
   }
   friend bool operator!=(const MeteredExecutor& a, const MeteredExecutor& b) noexcept { return !(a == b); }
 
  private:
   Inner inner_;
   std::shared_ptr<CpuMeter> meter_;
+  bool never_ = false;
 };
 
 }  // namespace switchyard::workers

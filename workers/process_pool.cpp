@@ -89,7 +89,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   co_return frame;
 }
 
-Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
+Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) try {
   Exchange result;
   result.kind = Exchange::Kind::protocol_error;
   if (frame.header.type != FrameType::result) {
@@ -115,6 +115,11 @@ Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
     const auto error = reply.value("error", nlohmann::json::object());
     result.outcome = Outcome::failure(error.value("code", "handler_error"), error.value("message", ""));
   }
+  return result;
+} catch (const nlohmann::json::exception& e) {
+  Exchange result;
+  result.kind = Exchange::Kind::protocol_error;
+  result.problem = std::string("malformed result payload from worker: ") + e.what();
   return result;
 }
 
@@ -274,21 +279,42 @@ class ProcessPool::Slot {
                                             run->stop_flag().reason(), 0, std::nullopt, false});
         continue;
       }
+      if (died_while_idle()) {
+        // Killed from outside (OOM killer, kill -9) while it waited: the job is not its to fail.
+        pool_.give_back(*this, std::move(run));
+        exited_ = true;
+        pool_.observer_.on_worker_restart(RestartReason::crash);
+        co_return;
+      }
       if (!co_await run_one(run)) co_return;
     }
+  }
+
+  /// True if the idle worker has already exited; its exit is then consumed.
+  bool died_while_idle() {
+    return exits_.try_receive([this](boost::system::error_code, ExitInfo info) {
+      spdlog::warn("worker slot {}: idle pid {} died with {}", index_, pid_, info.describe());
+    });
   }
 
   /// Runs one job; returns false when the worker is gone (killed or crashed).
   asio::awaitable<bool> run_one(std::shared_ptr<Execution> run) {
     const pid_t pid = pid_;
     auto& reaper = pool_.reaper_;
+    std::string frame;
+    try {
+      frame = encode_frame(FrameType::run, run->id(),
+                           nlohmann::json{{"type", run->type().name}, {"input", run->input()}}.dump());
+    } catch (const std::exception& e) {
+      pool_.finish(*this, *run, RunReport{Outcome::failure("handler_error", std::string("cannot send the job to a worker: ") + e.what()),
+                                          StopReason::none, 0, std::nullopt, false});
+      co_return true;
+    }
     run->arm_stop([&reaper, pid](StopReason reason) {
       reaper.signal_group(pid, reason == StopReason::shutdown ? SIGTERM : SIGKILL);
     });
     pool_.observer_.on_started(*run, pid);
 
-    nlohmann::json request = {{"type", run->type().name}, {"input", run->input()}};
-    std::string frame = encode_frame(FrameType::run, run->id(), request.dump());
     asio::steady_timer deadline(strand_, run->timeout());
     auto outcome = co_await (exchange(std::move(frame), run->id()) || deadline.async_wait(asio::use_awaitable));
     run->disarm_stop();
@@ -296,8 +322,19 @@ class ProcessPool::Slot {
     if (outcome.index() == 0 && std::get<0>(outcome).kind == Exchange::Kind::reply) {
       auto& reply = std::get<0>(outcome);
       cpu_total_ms_ = reply.cpu_total_ms;
-      pool_.finish(*this, *run, RunReport{std::move(reply.outcome), run->stop_flag().reason(), reply.cpu_ms, pid, true});
-      co_return true;
+      const StopReason stopped = run->stop_flag().reason();
+      pool_.finish(*this, *run, RunReport{std::move(reply.outcome), stopped, reply.cpu_ms, pid, true});
+      if (stopped == StopReason::none) co_return true;
+      // The answer won the race, but the stop may already have signalled the worker: never
+      // reuse a worker that was told to die.
+      reaper.signal_group(pid, SIGKILL);
+      const ExitInfo info = co_await await_exit();
+      exited_ = true;
+      spdlog::info("worker slot {}: pid {} replaced after a late stop ({})", index_, pid, info.describe());
+      if (stopped != StopReason::shutdown) {
+        pool_.observer_.on_worker_restart(stopped == StopReason::cancel ? RestartReason::cancel : RestartReason::timeout);
+      }
+      co_return false;
     }
 
     RestartReason restart = RestartReason::crash;
@@ -455,6 +492,17 @@ asio::awaitable<std::shared_ptr<Execution>> ProcessPool::next_run(Slot& slot) {
   }
   auto [error, run] = co_await slot.runs().async_receive(asio::as_tuple(asio::use_awaitable));
   co_return error ? nullptr : run;
+}
+
+void ProcessPool::give_back(Slot& slot, std::shared_ptr<Execution> run) {
+  {
+    std::lock_guard lock(mutex_);
+    if (slot.current == run) {
+      slot.current.reset();
+      busy_.fetch_sub(1);
+    }
+  }
+  submit(std::move(run));
 }
 
 void ProcessPool::finish(Slot& slot, Execution& run, RunReport report) {

@@ -83,6 +83,8 @@ class ProcessPool {
 
   /// Awaits the next run for `slot`; nullptr once the pool is closed.
   boost::asio::awaitable<std::shared_ptr<Execution>> next_run(Slot& slot);
+  /// Hands a run the slot could not start back to the pool (its worker died while idle).
+  void give_back(Slot& slot, std::shared_ptr<Execution> run);
   /// Marks the slot's run done and reports it.
   void finish(Slot& slot, Execution& run, RunReport report);
   [[nodiscard]] bool is_closed() const;

@@ -29,6 +29,7 @@ struct ThreadRun {
   asio::steady_timer deadline;  // on the io_context itself: fires even while the strand is busy
   asio::cancellation_signal cancel;
   std::shared_ptr<CpuMeter> meter = std::make_shared<CpuMeter>();
+  bool done = false;  // on the strand only: once set, the coroutine is gone and nothing may emit
 };
 
 asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserver& observer) {
@@ -70,7 +71,10 @@ void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
                                           StopReason::shutdown, 0, std::nullopt, false});
     return;
   }
-  if (queue_.empty() && can_start(*run)) {
+  // Queued runs go first, except that blocking runs waiting for a blocking slot do not hold up
+  // the async runs behind them.
+  const bool only_blocked_ahead = queued_blocking_ == queue_.size() && blocking_running_ >= options_.blocking_slots;
+  if (can_start(*run) && (queue_.empty() || (!run->type().blocking && only_blocked_ahead))) {
     reserve(run);
     lock.unlock();
     launch(std::move(run));
@@ -78,7 +82,13 @@ void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
   }
   const std::string id = run->id_text();
   const int priority = run->priority();
+  if (run->type().blocking) ++queued_blocking_;
   queue_.push(id, priority, std::move(run));
+}
+
+std::optional<std::shared_ptr<Execution>> ThreadExecutor::unqueued(std::optional<std::shared_ptr<Execution>> run) {
+  if (run && (*run)->type().blocking) --queued_blocking_;
+  return run;
 }
 
 void ThreadExecutor::reserve(const std::shared_ptr<Execution>& run) {
@@ -91,7 +101,9 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
 
   auto state = std::make_shared<ThreadRun>(context_);
   run->arm_stop([state](StopReason) {
-    asio::post(state->strand, [state] { state->cancel.emit(asio::cancellation_type::terminal); });
+    asio::post(state->strand, [state] {
+      if (!state->done) state->cancel.emit(asio::cancellation_type::terminal);
+    });
   });
   state->deadline.expires_after(run->timeout());
   state->deadline.async_wait([run](const boost::system::error_code& error) {
@@ -103,12 +115,16 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
   asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_),
                  asio::bind_cancellation_slot(
                      state->cancel.slot(), [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
-                       asio::post(state->strand, [this, run, state, blocking, outcome = std::move(outcome)]() mutable {
-                         run->disarm_stop();
+                       // On the strand, at once: from here on no stop may reach the finished
+                       // coroutine, and a late timer cannot relabel how it ended.
+                       state->done = true;
+                       run->disarm_stop();
+                       state->cancel.slot().clear();
+                       const StopReason reason = run->stop_flag().reason();
+                       asio::post(state->strand, [this, run, state, blocking, reason,
+                                                  outcome = std::move(outcome)]() mutable {
                          state->deadline.cancel();
-                         finished(*run,
-                                  RunReport{std::move(outcome), run->stop_flag().reason(), state->meter->total_ms(),
-                                            std::nullopt, true},
+                         finished(*run, RunReport{std::move(outcome), reason, state->meter->total_ms(), std::nullopt, true},
                                   blocking);
                        });
                      }));
@@ -121,7 +137,7 @@ void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
     if (blocking) --blocking_running_;
     running_.erase(&run);
     while (!closed_ && !queue_.empty()) {
-      auto next = queue_.pop_first([this](const auto& candidate) { return can_start(*candidate); });
+      auto next = unqueued(queue_.pop_first([this](const auto& candidate) { return can_start(*candidate); }));
       if (!next) break;
       reserve(*next);
       next_runs.push_back(std::move(*next));
@@ -134,13 +150,14 @@ void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
 
 std::shared_ptr<Execution> ThreadExecutor::remove_queued(const std::string& id) {
   std::lock_guard lock(mutex_);
-  auto run = queue_.remove(id);
+  auto run = unqueued(queue_.remove(id));
   return run ? std::move(*run) : nullptr;
 }
 
 std::vector<std::shared_ptr<Execution>> ThreadExecutor::drain_queue() {
   std::lock_guard lock(mutex_);
   closed_ = true;
+  queued_blocking_ = 0;
   return queue_.drain();
 }
 

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -55,6 +56,8 @@ class ThreadExecutor {
   void launch(std::shared_ptr<Execution> run);          // mutex not held: start its coroutine
   void finished(Execution& run, RunReport report, bool blocking);
   [[nodiscard]] bool can_start(const Execution& run) const;  // mutex held by caller
+  /// Keeps queued_blocking_ in step with what leaves the queue (mutex held by caller).
+  std::optional<std::shared_ptr<Execution>> unqueued(std::optional<std::shared_ptr<Execution>> run);
 
   boost::asio::io_context& context_;
   ThreadOptions options_;
@@ -63,6 +66,7 @@ class ThreadExecutor {
   JobQueue<std::shared_ptr<Execution>> queue_;
   std::unordered_map<const Execution*, std::shared_ptr<Execution>> running_;
   std::size_t blocking_running_ = 0;
+  std::size_t queued_blocking_ = 0;  // blocking runs among the queued
   bool closed_ = false;
 };
 
