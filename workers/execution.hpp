@@ -102,4 +102,11 @@ class ExecutionObserver {
   virtual void on_worker_restart(RestartReason /*reason*/) {}
 };
 
+/// Ends a run that arrived after its executor closed: stopped by shutdown, never started.
+inline void refuse_at_shutdown(ExecutionObserver& observer, Execution& run) {
+  run.request_stop(StopReason::shutdown);
+  observer.on_finished(run, RunReport{Outcome::failure("shutdown", "the server is shutting down"),
+                                      StopReason::shutdown, 0, std::nullopt, false});
+}
+
 }  // namespace switchyard::workers

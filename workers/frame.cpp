@@ -3,6 +3,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 namespace switchyard::workers {
 namespace {
 
@@ -65,6 +67,44 @@ HeaderDecode decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize>
   if (header.length > kMaxFramePayload) return {std::nullopt, FrameError::too_long};
   std::memcpy(header.job_id.data(), p + 12, header.job_id.size());
   return {header, {}};
+}
+
+ResultReply decode_result(const FrameHeader& header, std::string_view payload, const FrameJobId& expected) {
+  ResultReply out;
+  if (header.type != FrameType::result) {
+    out.problem = "unexpected frame type from worker";
+    return out;
+  }
+  if (header.job_id != expected) {
+    out.problem = "worker answered for the wrong job id";
+    return out;
+  }
+  const auto reply = nlohmann::json::parse(payload, nullptr, false);
+  const auto number = [&reply](const char* key) { return reply.contains(key) && reply[key].is_number(); };
+  if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean() || !number("cpu_ms") ||
+      (reply.contains("cpu_total_ms") && !number("cpu_total_ms"))) {
+    out.problem = "malformed result payload from worker";
+    return out;
+  }
+  out.cpu_ms = reply["cpu_ms"].get<double>();
+  out.cpu_total_ms = reply.contains("cpu_total_ms") ? reply["cpu_total_ms"].get<double>() : 0.0;
+  if (reply["ok"].get<bool>()) {
+    out.outcome = Outcome::success(reply.contains("result") ? reply["result"] : nlohmann::json::object());
+  } else {
+    const auto error = reply.contains("error") ? reply["error"] : nlohmann::json();
+    const auto text = [&error](const char* key) -> std::optional<std::string> {
+      if (!error.is_object() || !error.contains(key) || !error[key].is_string()) return std::nullopt;
+      return error[key].get<std::string>();
+    };
+    const auto code = text("code");
+    if (!code || code->empty()) {
+      out.problem = "malformed error in result payload from worker";
+      return out;
+    }
+    out.outcome = Outcome::failure(*code, text("message").value_or(""));
+  }
+  out.valid = true;
+  return out;
 }
 
 std::optional<FrameJobId> parse_uuid(std::string_view text) noexcept {

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "workers/job_type.hpp"
+
 namespace switchyard::workers {
 
 /// The frames exchanged between the server and a worker process over a socketpair.
@@ -54,6 +56,19 @@ std::string encode_frame(FrameType type, const FrameJobId& job_id, std::string_v
 
 /// Decodes and checks a header from exactly kFrameHeaderSize bytes. Pure; thread-safe.
 HeaderDecode decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize> bytes) noexcept;
+
+/// A worker's answer to a run frame, decoded and checked against the job it was asked to run.
+struct ResultReply {
+  bool valid = false;       ///< false: a protocol error (the worker must be killed); see problem
+  std::string problem;
+  Outcome outcome;
+  double cpu_ms = 0;        ///< CPU time of this job in the worker
+  double cpu_total_ms = 0;  ///< the worker's CPU time so far
+};
+
+/// Checks that a frame is a result for `expected` with a well-formed payload
+/// ({"ok", "result"|"error", "cpu_ms", "cpu_total_ms"}). Pure; never throws.
+ResultReply decode_result(const FrameHeader& header, std::string_view payload, const FrameJobId& expected);
 
 /// Parses a canonical UUID string ("8-4-4-4-12" hex) into 16 bytes; nullopt if malformed.
 std::optional<FrameJobId> parse_uuid(std::string_view text) noexcept;

@@ -89,37 +89,14 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   co_return frame;
 }
 
-Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) try {
+Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
+  ResultReply reply = decode_result(frame.header, frame.payload, expected);
   Exchange result;
-  result.kind = Exchange::Kind::protocol_error;
-  if (frame.header.type != FrameType::result) {
-    result.problem = "unexpected frame type from worker";
-    return result;
-  }
-  if (frame.header.job_id != expected) {
-    result.problem = "worker answered for the wrong job id";
-    return result;
-  }
-  auto reply = nlohmann::json::parse(frame.payload, nullptr, false);
-  if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean() ||
-      !reply.value("cpu_ms", nlohmann::json()).is_number()) {
-    result.problem = "malformed result payload from worker";
-    return result;
-  }
-  result.kind = Exchange::Kind::reply;
-  result.cpu_ms = reply["cpu_ms"].get<double>();
-  result.cpu_total_ms = reply.value("cpu_total_ms", 0.0);
-  if (reply["ok"].get<bool>()) {
-    result.outcome = Outcome::success(reply.value("result", nlohmann::json::object()));
-  } else {
-    const auto error = reply.value("error", nlohmann::json::object());
-    result.outcome = Outcome::failure(error.value("code", "handler_error"), error.value("message", ""));
-  }
-  return result;
-} catch (const nlohmann::json::exception& e) {
-  Exchange result;
-  result.kind = Exchange::Kind::protocol_error;
-  result.problem = std::string("malformed result payload from worker: ") + e.what();
+  result.kind = reply.valid ? Exchange::Kind::reply : Exchange::Kind::protocol_error;
+  result.problem = std::move(reply.problem);
+  result.outcome = std::move(reply.outcome);
+  result.cpu_ms = reply.cpu_ms;
+  result.cpu_total_ms = reply.cpu_total_ms;
   return result;
 }
 
@@ -460,9 +437,7 @@ void ProcessPool::submit(std::shared_ptr<Execution> run) {
   std::unique_lock lock(mutex_);
   if (closed_) {
     lock.unlock();
-    run->request_stop(StopReason::shutdown);
-    observer_.on_finished(*run, RunReport{Outcome::failure("shutdown", "the server is shutting down"),
-                                          StopReason::shutdown, 0, std::nullopt, false});
+    refuse_at_shutdown(observer_, *run);
     return;
   }
   if (!idle_.empty()) {

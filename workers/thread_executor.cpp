@@ -66,9 +66,7 @@ void ThreadExecutor::submit(std::shared_ptr<Execution> run) {
   std::unique_lock lock(mutex_);
   if (closed_) {
     lock.unlock();
-    run->request_stop(StopReason::shutdown);
-    observer_.on_finished(*run, RunReport{Outcome::failure("shutdown", "the server is shutting down"),
-                                          StopReason::shutdown, 0, std::nullopt, false});
+    refuse_at_shutdown(observer_, *run);
     return;
   }
   // Queued runs go first, except that blocking runs waiting for a blocking slot do not hold up

@@ -36,21 +36,7 @@
 #include "workers/http_request_type.hpp"
 #include "workers/job_type.hpp"
 
-namespace switchyard::workers {
-// How doctest prints validation errors when a check fails.
-inline std::ostream& operator<<(std::ostream& out, const FieldError& error) {
-  return out << '{' << '"' << error.path << "\": " << error.message << '}';
-}
-}  // namespace switchyard::workers
-
-template <>
-struct doctest::StringMaker<std::vector<switchyard::workers::FieldError>> {
-  static doctest::String convert(const std::vector<switchyard::workers::FieldError>& errors) {
-    std::ostringstream out;
-    for (const auto& error : errors) out << error << ' ';
-    return out.str().c_str();
-  }
-};
+#include "tests/unit/field_error_printing.hpp"
 
 namespace {
 

@@ -80,3 +80,37 @@ TEST_CASE("uuids parse and format canonically") {
   CHECK_FALSE(parse_uuid("0193f1c2-7a4e-7d3a-9a43-5f0d7e1b2c3g"));
   CHECK_FALSE(parse_uuid(""));
 }
+
+TEST_CASE("a worker's result is checked against the job it was asked to run") {
+  const auto job = parse_uuid("0193f1c2-7a4e-7d3a-9a43-5f0d7e1b2c3d").value();
+  const auto other = parse_uuid("0193f1c2-7a4e-7d3a-9a43-5f0d7e1b2c3e").value();
+  FrameHeader header{FrameType::result, 0, job};
+  SUBCASE("a good answer") {
+    const auto reply = decode_result(header, R"({"ok":true,"result":{"count":4},"cpu_ms":1.5,"cpu_total_ms":9})", job);
+    REQUIRE(reply.valid);
+    CHECK(reply.outcome.ok);
+    CHECK(reply.outcome.result["count"] == 4);
+    CHECK(reply.cpu_ms == 1.5);
+    CHECK(reply.cpu_total_ms == 9);
+  }
+  SUBCASE("a job's own failure is a valid answer") {
+    const auto reply = decode_result(header, R"({"ok":false,"error":{"code":"handler_error","message":"x"},"cpu_ms":0})", job);
+    REQUIRE(reply.valid);
+    CHECK(reply.outcome.error_code == "handler_error");
+  }
+  SUBCASE("the wrong job id") {
+    const auto reply = decode_result(FrameHeader{FrameType::result, 0, other}, R"({"ok":true,"cpu_ms":0})", job);
+    CHECK_FALSE(reply.valid);
+    CHECK(reply.problem == "worker answered for the wrong job id");
+  }
+  SUBCASE("the wrong frame type") {
+    CHECK_FALSE(decode_result(FrameHeader{FrameType::hello, 0, job}, R"({"ok":true,"cpu_ms":0})", job).valid);
+  }
+  SUBCASE("malformed payloads") {
+    for (const char* payload : {"", "not json", "[]", R"({"cpu_ms":0})", R"({"ok":"yes","cpu_ms":0})",
+                                R"({"ok":true})", R"({"ok":true,"cpu_ms":"1"})", R"({"ok":true,"cpu_ms":1,"cpu_total_ms":"x"})",
+                                R"({"ok":false,"cpu_ms":0})", R"({"ok":false,"cpu_ms":0,"error":{"code":5}})"}) {
+      CHECK_MESSAGE(!decode_result(header, payload, job).valid, payload);
+    }
+  }
+}
