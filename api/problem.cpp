@@ -44,7 +44,7 @@ std::string_view status_title(int status) noexcept {
 }
 
 Problem make_problem(int status, std::string code, std::string detail) {
-  return Problem{status, std::move(code), std::move(detail), {}, {}};
+  return Problem{status, std::move(code), std::move(detail), {}, {}, nlohmann::json::object()};
 }
 
 Response to_response(const Problem& problem) {
@@ -55,6 +55,7 @@ Response to_response(const Problem& problem) {
       {"detail", problem.detail},
       {"code", problem.code},
   };
+  for (const auto& [key, value] : problem.extensions.items()) body[key] = value;
   if (!problem.errors.empty()) {
     auto& errors = body["errors"] = nlohmann::json::array();
     for (const auto& e : problem.errors) errors.push_back({{"path", e.path}, {"message", e.message}});

@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "api/http_types.hpp"
 #include "workers/job_type.hpp"
 
@@ -16,6 +18,7 @@ struct Problem {
   std::string detail;
   std::vector<workers::FieldError> errors;                   ///< for validation problems
   std::vector<std::pair<std::string, std::string>> headers;  ///< Allow, Retry-After, WWW-Authenticate
+  nlohmann::json extensions = nlohmann::json::object();      ///< extra members (RFC 9457 extensions)
 };
 
 /// The standard reason phrase of an HTTP status ("Not Found").

@@ -375,9 +375,12 @@ boost::asio::awaitable<Response> Router::delete_job(const std::string& id) {
   switch (result.kind) {
     case CancelResult::Kind::not_found:
       co_return to_response(make_problem(404, "not_found", "no job with this id"));
-    case CancelResult::Kind::terminal:
-      co_return to_response(make_problem(
-          409, "conflict", "the job is already " + std::string(to_string(result.job->status)) + "; nothing to cancel"));
+    case CancelResult::Kind::terminal: {
+      Problem problem = make_problem(
+          409, "conflict", "the job is already " + std::string(to_string(result.job->status)) + "; nothing to cancel");
+      problem.extensions["job_status"] = to_string(result.job->status);
+      co_return to_response(problem);
+    }
     default:
       break;
   }

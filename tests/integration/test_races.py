@@ -96,3 +96,11 @@ def test_batch_larger_than_the_queue_is_422_not_429(server_factory):
     s = server_factory("--queue-limit", "5")
     r = s.request("POST", "/v1/jobs:batch", {"jobs": [{"type": "sleep", "input": {"ms": 1}}] * 6})
     sy.assert_validation(r, "/jobs", "validation_failed")
+
+
+def test_cancelling_a_finished_job_names_its_status(server):
+    job = server.submit("sleep", {"ms": 1}, headers={"Prefer": "wait=5"}).body
+    assert job["status"] == "succeeded"
+    body = sy.assert_problem(server.request("DELETE", f"/v1/jobs/{job['id']}"), 409, "conflict")
+    assert body["job_status"] == "succeeded"
+    assert "succeeded" in body["detail"]
