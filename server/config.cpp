@@ -48,10 +48,29 @@ std::vector<std::string> worker_arguments(const workers::WorkerOptions& options)
   args.push_back(std::to_string(options.builtin.http_max_timeout_ms));
   args.emplace_back("--log-format");
   args.push_back(options.log_format);
+  if (options.memory_mb > 0) {
+    args.emplace_back("--memory-mb");
+    args.push_back(std::to_string(options.memory_mb));
+  }
+  if (options.max_files > 0) {
+    args.emplace_back("--max-files");
+    args.push_back(std::to_string(options.max_files));
+  }
   return args;
 }
 
 namespace {
+
+/// Sanitizer builds say so in --version (tests skip what sanitizers cannot run, e.g. RLIMIT_AS).
+const char* build_flavour() {
+#if defined(__SANITIZE_ADDRESS__)
+  return " (address sanitizer)";
+#elif defined(__SANITIZE_THREAD__)
+  return " (thread sanitizer)";
+#else
+  return "";
+#endif
+}
 
 std::vector<std::string> load_tokens(const std::string& path) {
   std::ifstream file(path);
@@ -112,6 +131,16 @@ void add_serve_options(CLI::App& app, Config& c) {
       ->envname(env("HTTP_ALLOW"))->delimiter(',');
   app.add_option("--http-max-response-bytes", c.http_max_response_bytes, "largest response body an http.request job reads")
       ->envname(env("HTTP_MAX_RESPONSE_BYTES"))->check(CLI::Range(std::size_t{1}, std::size_t{64} << 20))->capture_default_str();
+  app.add_option("--worker-memory-mb", c.worker_memory_mb,
+                 "address-space limit of each worker process in MiB (0 = none); a job over it fails memory_limit")
+      ->envname(env("WORKER_MEMORY_MB"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 20))->capture_default_str();
+  app.add_option("--worker-max-files", c.worker_max_files, "open-file limit of each worker process (0 = inherit)")
+      ->envname(env("WORKER_MAX_FILES"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 20))->capture_default_str();
+  app.add_option("--worker-max-jobs", c.worker_max_jobs, "replace a worker after this many jobs (0 = never)")
+      ->envname(env("WORKER_MAX_JOBS"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30))->capture_default_str();
+  app.add_option("--worker-max-jobs-jitter", c.worker_max_jobs_jitter,
+                 "add a random 0..N to --worker-max-jobs per worker, so they do not recycle together")
+      ->envname(env("WORKER_MAX_JOBS_JITTER"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30))->capture_default_str();
   app.add_option("--store", c.store, "job store: memory (durable stores: see the README)")
       ->envname(env("STORE"))->check(CLI::IsMember({"memory"}))->capture_default_str();
   app.add_option("--data-dir", c.data_dir, "data directory of durable stores")->envname(env("DATA_DIR"))->capture_default_str();
@@ -123,7 +152,7 @@ void add_serve_options(CLI::App& app, Config& c) {
 Command parse_command_line(int argc, const char* const* argv) {
   Config config;
   CLI::App app{"Switchyard: a REST job-execution service with a thread pool for I/O jobs and worker processes for CPU jobs", "switchyard"};
-  app.set_version_flag("--version", "switchyard 0.1.0");
+  app.set_version_flag("--version", std::string("switchyard 0.1.0") + build_flavour());
   add_serve_options(app, config);
 
   workers::WorkerOptions worker;
@@ -137,6 +166,8 @@ Command parse_command_line(int argc, const char* const* argv) {
   worker_cmd->add_option("--http-max-response-bytes", worker.builtin.http_max_response_bytes);
   worker_cmd->add_option("--max-timeout-ms", max_timeout_ms);
   worker_cmd->add_option("--log-format", worker.log_format)->check(CLI::IsMember({"text", "json"}));
+  worker_cmd->add_option("--memory-mb", worker.memory_mb);
+  worker_cmd->add_option("--max-files", worker.max_files);
 
   HealthcheckCommand health;
   auto* health_cmd = app.add_subcommand("healthcheck", "GET /healthz of a running server; exit 0 if it answers 200");

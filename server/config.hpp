@@ -36,6 +36,10 @@ struct Config {
   bool protect_metrics = false;
   std::vector<std::string> http_allow;
   std::size_t http_max_response_bytes = 1 << 20;
+  std::size_t worker_memory_mb = 0;        ///< per-worker address-space limit; 0 = none
+  std::size_t worker_max_files = 1024;     ///< per-worker open-file limit
+  std::size_t worker_max_jobs = 0;         ///< recycle a worker after this many jobs; 0 = never
+  std::size_t worker_max_jobs_jitter = 0;  ///< plus a random 0..jitter, so workers recycle apart
   std::string store = "memory";
   std::string data_dir = "./data";
   std::string database_url;

@@ -47,6 +47,10 @@ workers::PoolOptions pool_options(const Config& config) {
   worker.builtin.http_max_response_bytes = config.http_max_response_bytes;
   worker.builtin.http_max_timeout_ms = static_cast<int>(std::min<std::int64_t>(config.max_timeout_ms, 1 << 30));
   worker.log_format = config.log_format;
+  worker.memory_mb = config.worker_memory_mb;
+  worker.max_files = config.worker_max_files;
+  options.max_jobs = config.worker_max_jobs;
+  options.max_jobs_jitter = config.worker_max_jobs_jitter;
   options.worker_args = worker_arguments(worker);
   return options;
 }

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <random>
 #include <variant>
 
 #include <fcntl.h>
@@ -132,6 +133,15 @@ class ProcessPool::Slot {
       }
       if (failures >= pool_.options_.boot_failures_before_unready) pool_.failing_slots_.fetch_sub(1);
       failures = 0;
+      if (recycling_) {
+        recycling_ = false;
+        pool_.recycling_.store(false);  // the replacement is up: another worker may recycle now
+      }
+      jobs_done_ = 0;
+      job_limit_ = pool_.options_.max_jobs == 0
+                       ? 0
+                       : pool_.options_.max_jobs +
+                             (pool_.options_.max_jobs_jitter == 0 ? 0 : random_() % (pool_.options_.max_jobs_jitter + 1));
       pool_.worker_up();
       co_await serve();
       pool_.workers_up_.fetch_sub(1);
@@ -300,8 +310,25 @@ class ProcessPool::Slot {
       auto& reply = std::get<0>(outcome);
       cpu_total_ms_ = reply.cpu_total_ms;
       const StopReason stopped = run->stop_flag().reason();
+      const bool out_of_memory = !reply.outcome.ok && reply.outcome.error_code == "memory_limit";
       pool_.finish(*this, *run, RunReport{std::move(reply.outcome), stopped, reply.cpu_ms, pid, true});
-      if (stopped == StopReason::none) co_return true;
+      if (stopped == StopReason::none) {
+        ++jobs_done_;
+        if (out_of_memory) {
+          // Its heap may be fragmented or half-torn: a fresh process is cheaper than doubt.
+          spdlog::info("worker slot {}: pid {} hit its memory limit, replacing it", index_, pid);
+          pool_.observer_.on_worker_restart(RestartReason::memory);
+          co_return false;  // retire() closes the socket; the worker exits on EOF
+        }
+        if (job_limit_ > 0 && jobs_done_ >= job_limit_ && !pool_.recycling_.exchange(true)) {
+          // One worker at a time: if another is being replaced, this one goes after its next job.
+          recycling_ = true;
+          spdlog::info("worker slot {}: pid {} recycled after {} jobs", index_, pid, jobs_done_);
+          pool_.observer_.on_worker_restart(RestartReason::recycle);
+          co_return false;
+        }
+        co_return true;
+      }
       // The answer won the race, but the stop may already have signalled the worker: never
       // reuse a worker that was told to die.
       reaper.signal_group(pid, SIGKILL);
@@ -396,6 +423,10 @@ class ProcessPool::Slot {
   pid_t pid_ = -1;
   bool exited_ = false;
   double cpu_total_ms_ = 0;
+  std::size_t jobs_done_ = 0;   // by the current worker
+  std::size_t job_limit_ = 0;   // the current worker's recycling point; 0 = never
+  bool recycling_ = false;      // this slot holds the pool's recycling turn
+  std::minstd_rand random_{std::random_device{}()};
 };
 
 ProcessPool::ProcessPool(asio::io_context& context, PoolOptions options, ExecutionObserver& observer)

@@ -25,6 +25,8 @@ struct PoolOptions {
   std::chrono::milliseconds boot_timeout{10000};  ///< time for a new worker to say hello
   std::chrono::milliseconds exit_timeout{2000};   ///< after SIGTERM or EOF, before SIGKILL
   int boot_failures_before_unready = 3;         ///< consecutive failed boots that mark the pool unready
+  std::size_t max_jobs = 0;                     ///< recycle a worker after this many jobs; 0 = never
+  std::size_t max_jobs_jitter = 0;              ///< plus a random 0..jitter per worker
 };
 
 /// A snapshot of the pool for /v1/stats and metrics.
@@ -106,6 +108,7 @@ class ProcessPool {
   std::atomic<std::size_t> busy_{0};
   std::atomic<std::size_t> slots_running_{0};
   std::atomic<int> failing_slots_{0};
+  std::atomic<bool> recycling_{false};  // a slot is replacing a worker on purpose (one at a time)
 };
 
 }  // namespace switchyard::workers

@@ -106,6 +106,17 @@ int worker_main(const WorkerOptions& options) {
   std::signal(SIGPIPE, SIG_IGN);
   std::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the server decides
 
+  // Limits apply to the whole worker, so a job over them fails alone (std::bad_alloc becomes
+  // memory_limit) and the server replaces the worker.
+  if (options.memory_mb > 0) {
+    const rlimit memory{options.memory_mb << 20, options.memory_mb << 20};
+    if (::setrlimit(RLIMIT_AS, &memory) != 0) std::perror("switchyard worker: setrlimit(RLIMIT_AS)");
+  }
+  if (options.max_files > 0) {
+    const rlimit files{options.max_files, options.max_files};
+    if (::setrlimit(RLIMIT_NOFILE, &files) != 0) std::perror("switchyard worker: setrlimit(RLIMIT_NOFILE)");
+  }
+
   const Catalogue catalogue = make_builtin_catalogue(options.builtin);
   const int fd = options.fd;
   const FrameJobId no_job{};

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include <sys/types.h>
@@ -14,6 +15,8 @@ struct WorkerOptions {
   pid_t parent = 0;           ///< the server's pid; the worker exits if its parent is gone
   BuiltinOptions builtin;     ///< the same catalogue options as the server
   std::string log_format = "text";  ///< the server's log format, so worker lines match
+  std::size_t memory_mb = 0;        ///< RLIMIT_AS of the worker in MiB; 0 = unlimited
+  std::size_t max_files = 0;        ///< RLIMIT_NOFILE of the worker; 0 = inherited
 };
 
 /// The loop inside a worker process: say hello, then read a run frame, run the job, write the

@@ -81,6 +81,8 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   options.builtin.http_allow = {"10.0.0.0/8", "example.org"};
   options.builtin.http_max_response_bytes = 12345;
   options.log_format = "json";
+  options.memory_mb = 256;
+  options.max_files = 64;
   auto args = worker_arguments(options);
   std::vector<const char*> argv;
   for (auto& a : args) argv.push_back(a.c_str());
@@ -93,4 +95,6 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   CHECK(parsed.builtin.http_allow == options.builtin.http_allow);
   CHECK(parsed.builtin.http_max_response_bytes == 12345);
   CHECK(parsed.log_format == "json");
+  CHECK(parsed.memory_mb == 256);
+  CHECK(parsed.max_files == 64);
 }
