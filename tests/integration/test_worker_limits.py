@@ -41,13 +41,15 @@ def test_recycling_with_jitter_never_takes_the_whole_pool(server_factory):
         done = s.wait_job(job["id"])
         assert done["status"] == "succeeded"  # recycling loses and fails nothing
         runs[done["worker_pid"]] = runs.get(done["worker_pid"], 0) + 1
-    recycled = _restarts(s, "recycle")
-    assert recycled >= 2
-    assert len(runs) >= 3  # replacements ran jobs
-    # A worker is replaced only after its quota (2 + up to 2 of jitter); one waiting for its turn
-    # runs more. So no worker ran fewer than 2 jobs, except the two alive at the end.
-    assert sorted(runs.values())[2:] and min(sorted(runs.values())[2:]) >= 2, runs
+    # How many recycles happen depends on how fast a worker boots (slow under sanitizers): while
+    # one slot waits for its replacement, the other keeps running jobs past its quota.
+    assert _restarts(s, "recycle") >= 1
     s.wait_pool(2)
+    # A worker is replaced only after its quota (2 + up to 2 of jitter); one waiting for its turn
+    # runs more. So every worker that is gone ran at least 2 jobs.
+    gone = {pid: n for pid, n in runs.items() if pid not in s.live_worker_pids()}
+    assert gone, runs
+    assert min(gone.values()) >= 2, runs
 
 
 def test_a_job_over_the_memory_limit_fails_alone(server_factory, switchyard_bin):
