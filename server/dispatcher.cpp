@@ -89,8 +89,7 @@ std::pair<JobStatus, std::optional<api::JobError>> classify(const workers::RunRe
 
 Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const workers::Catalogue& catalogue,
                        Metrics& metrics, std::unique_ptr<JobStore> store)
-    : context_(context),
-      config_(config),
+    : config_(config),
       catalogue_(catalogue),
       metrics_(metrics),
       threads_(context, thread_options(config), *this),

@@ -84,7 +84,6 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   [[nodiscard]] int retry_after_seconds(api::Model model) const;
   std::array<ModelGauges, 2> gauges() const;
 
-  boost::asio::io_context& context_;
   const Config& config_;
   const workers::Catalogue& catalogue_;
   Metrics& metrics_;

@@ -41,9 +41,6 @@ class HttpServer {
   /// Stops accepting; open connections close after their current response.
   void stop();
 
-  /// Open client connections.
-  [[nodiscard]] std::size_t connections() const noexcept { return connections_.load(); }
-
  private:
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> session(boost::beast::tcp_stream stream);

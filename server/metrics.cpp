@@ -1,12 +1,13 @@
 #include "server/metrics.hpp"
 
 #include <dirent.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <fstream>
 
 #include <prometheus/text_serializer.h>
+
+#include "workers/cpu_time.hpp"
 
 namespace switchyard::server {
 
@@ -178,10 +179,7 @@ void Metrics::http_request(const std::string& method, const std::string& route, 
 double Metrics::throughput(api::Model model, int seconds) const { return windows_[index(model)].rate(seconds); }
 
 void Metrics::update_process_metrics() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  const double cpu = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
-                     static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  const double cpu = workers::process_cpu_ms() / 1000.0;
   if (cpu > process_cpu_seen_) {
     process_cpu_.Increment(cpu - process_cpu_seen_);
     process_cpu_seen_ = cpu;

@@ -7,6 +7,8 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include "workers/cpu_time.hpp"
+
 namespace switchyard::workers {
 
 bool ExitInfo::signaled() const noexcept { return WIFSIGNALED(status); }
@@ -84,10 +86,7 @@ void ChildReaper::reap() {
       rusage usage{};
       const pid_t pid = ::wait4(-1, &status, WNOHANG, &usage);
       if (pid <= 0) break;  // 0: children remain, none exited; -1: no children (ECHILD) or EINTR
-      const auto ms = [](const timeval& tv) {
-        return static_cast<double>(tv.tv_sec) * 1e3 + static_cast<double>(tv.tv_usec) / 1e3;
-      };
-      ExitInfo info{status, ms(usage.ru_utime) + ms(usage.ru_stime)};
+      ExitInfo info{status, rusage_cpu_ms(usage)};
       if (auto it = watched_.find(pid); it != watched_.end()) {
         exited.emplace_back(std::move(it->second), info);
         watched_.erase(it);

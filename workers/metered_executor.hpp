@@ -1,7 +1,6 @@
 #pragma once
 
 #include <atomic>
-#include <ctime>
 #include <memory>
 #include <utility>
 
@@ -10,14 +9,9 @@
 #include <boost/asio/query.hpp>
 #include <boost/asio/require.hpp>
 
-namespace switchyard::workers {
+#include "workers/cpu_time.hpp"
 
-/// CPU time of the calling thread, in milliseconds.
-inline double thread_cpu_ms() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
-}
+namespace switchyard::workers {
 
 /// Accumulated CPU time of one job's handlers. Thread-safe.
 class CpuMeter {

@@ -3,7 +3,6 @@
 #include "workers/metered_executor.hpp"
 
 #include <algorithm>
-#include <ctime>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>

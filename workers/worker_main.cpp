@@ -16,17 +16,11 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/system/system_error.hpp>
 
+#include "workers/cpu_time.hpp"
 #include "workers/frame.hpp"
 
 namespace switchyard::workers {
 namespace {
-
-double process_cpu_ms() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  const auto ms = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e3 + static_cast<double>(tv.tv_usec) / 1e3; };
-  return ms(usage.ru_utime) + ms(usage.ru_stime);
-}
 
 /// Reads exactly `size` bytes; false on EOF or error.
 bool read_exact(int fd, void* data, std::size_t size) {
