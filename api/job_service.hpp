@@ -22,10 +22,11 @@ struct SubmitResult {
     conflict,    ///< the Idempotency-Key was used with a different request
     queue_full,  ///< admission refused (429)
     draining,    ///< the server is shutting down (503)
+    unavailable, ///< the model cannot run jobs now: its workers fail to boot (503)
   };
   Kind kind = Kind::accepted;
   std::vector<Job> jobs;            ///< for accepted and replayed
-  int retry_after_s = 1;            ///< for queue_full and draining
+  int retry_after_s = 1;            ///< for queue_full, draining and unavailable
   std::string detail;               ///< for refusals
 };
 
@@ -52,6 +53,7 @@ struct ListPage {
 struct Health {
   bool ready = false;
   bool draining = false;
+  std::string not_ready_reason;  ///< why not ready, for the 503 detail (empty: still starting)
 };
 
 /// What the REST handlers need from the service. The server's Dispatcher implements it.

@@ -184,7 +184,9 @@ boost::asio::awaitable<Response> Router::dispatch(Request& request, const RouteM
       const Health health = service_.health();
       if (health.ready && !health.draining) co_return json_response(200, {{"status", "ready"}});
       Problem problem = health.draining ? make_problem(503, "draining", "the server is shutting down")
-                                        : make_problem(503, "not_ready", "the worker pools are not up yet");
+                                        : make_problem(503, "not_ready",
+                                                       health.not_ready_reason.empty() ? "the worker pools are not up yet"
+                                                                                       : health.not_ready_reason);
       problem.headers.emplace_back("Retry-After", "1");
       co_return to_response(problem);
     }
@@ -254,6 +256,10 @@ Response refusal(const SubmitResult& result) {
       break;
     case SubmitResult::Kind::queue_full:
       problem = make_problem(429, "queue_full", result.detail);
+      problem.headers.emplace_back("Retry-After", std::to_string(result.retry_after_s));
+      break;
+    case SubmitResult::Kind::unavailable:
+      problem = make_problem(503, "workers_unavailable", result.detail);
       problem.headers.emplace_back("Retry-After", std::to_string(result.retry_after_s));
       break;
     default:

@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # Installs what Switchyard needs to build and test, from Debian 12 packages only.
 # Idempotent: packages already installed are skipped; nothing is downloaded outside apt.
-# Usage: scripts/install-deps.sh [--test]   (--test adds what the test suite needs)
+# Usage: scripts/install-deps.sh [--test|--deploy]
+#   --deploy adds podman and what it needs to build and run the image here (CONTAINERS.md) and
+#            Prometheus with promtool; --test adds what the test suite needs (which includes the
+#            deploy tests: the image built with podman, a real Prometheus scraping the service).
 set -euo pipefail
 
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev libboost-url1.81-dev
   nlohmann-json3-dev prometheus-cpp-dev doctest-dev libssl-dev
-  libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev
+  libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev
 )
-test_pkgs=(curl python3 python3-pytest procps)
+test_pkgs=(curl python3 python3-pytest python3-yaml procps)
+deploy_pkgs=(podman buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
 
 want=("${build_pkgs[@]}")
-if [[ "${1:-}" == "--test" ]]; then
-  want+=("${test_pkgs[@]}")
+if [[ "${1:-}" == "--deploy" ]]; then
+  want=("${deploy_pkgs[@]}")
+elif [[ "${1:-}" == "--test" ]]; then
+  want+=("${test_pkgs[@]}" "${deploy_pkgs[@]}")
   # The machine image may ship Node.js with its own npm (which conflicts with Debian's npm
   # package): ask apt only for what is absent.
   command -v node >/dev/null || want+=(nodejs)

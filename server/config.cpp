@@ -56,6 +56,12 @@ std::vector<std::string> worker_arguments(const workers::WorkerOptions& options)
     args.emplace_back("--max-files");
     args.push_back(std::to_string(options.max_files));
   }
+  if (options.cpu_seconds > 0) {
+    args.emplace_back("--cpu-seconds");
+    args.push_back(std::to_string(options.cpu_seconds));
+  }
+  if (!options.sandbox) args.emplace_back("--no-sandbox");
+  if (options.fail_boot) args.emplace_back("--fail-boot");
   return args;
 }
 
@@ -117,7 +123,7 @@ void add_serve_options(CLI::App& app, Config& c) {
       ->envname(env("DRAIN_GRACE_MS"))->check(CLI::Range(std::int64_t{0}, std::int64_t{3600000}))->capture_default_str();
   app.add_option("--retain-jobs", c.retain_jobs, "finished jobs kept for reading; oldest-finished evicted first")
       ->envname(env("RETAIN_JOBS"))->check(CLI::Range(std::size_t{1}, std::size_t{100000000}))->capture_default_str();
-  app.add_flag("--diagnostics", c.diagnostics, "enable the diagnostic job types noop, alloc, crash")
+  app.add_flag("--diagnostics", c.diagnostics, "enable the diagnostic job types noop, alloc, crash, fork, open_files, hang")
       ->envname(env("DIAGNOSTICS"));
   app.add_option("--log-format", c.log_format, "text or json (JSON lines)")
       ->envname(env("LOG_FORMAT"))->check(CLI::IsMember({"text", "json"}))->capture_default_str();
@@ -141,6 +147,18 @@ void add_serve_options(CLI::App& app, Config& c) {
   app.add_option("--worker-max-jobs-jitter", c.worker_max_jobs_jitter,
                  "add a random 0..N to --worker-max-jobs per worker, so they do not recycle together")
       ->envname(env("WORKER_MAX_JOBS_JITTER"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 30))->capture_default_str();
+  app.add_option("--worker-max-rss-mb", c.worker_max_rss_mb,
+                 "replace a worker after a job once its peak resident memory passed this many MiB (0 = never)")
+      ->envname(env("WORKER_MAX_RSS_MB"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 20))->capture_default_str();
+  app.add_option("--worker-cpu-seconds", c.worker_cpu_seconds,
+                 "CPU seconds one process-model job may use; past it the job fails cpu_limit (0 = no limit)")
+      ->envname(env("WORKER_CPU_SECONDS"))->check(CLI::Range(std::size_t{0}, std::size_t{1} << 24))->capture_default_str();
+  app.add_flag("--worker-sandbox,!--no-worker-sandbox", c.worker_sandbox,
+               "seccomp filter in workers: jobs cannot fork or exec (on by default)")
+      ->envname(env("WORKER_SANDBOX"))->capture_default_str();
+  app.add_flag("--diagnostic-fail-worker-boot", c.diagnostic_fail_worker_boot,
+               "diagnostic (needs --diagnostics): every worker exits before it is ready, to test boot-failure handling")
+      ->envname(env("DIAGNOSTIC_FAIL_WORKER_BOOT"))->group("");
   app.add_option("--store", c.store, "job store: memory (durable stores: see the README)")
       ->envname(env("STORE"))->check(CLI::IsMember({"memory"}))->capture_default_str();
   app.add_option("--data-dir", c.data_dir, "data directory of durable stores")->envname(env("DATA_DIR"))->capture_default_str();
@@ -168,6 +186,9 @@ Command parse_command_line(int argc, const char* const* argv) {
   worker_cmd->add_option("--log-format", worker.log_format)->check(CLI::IsMember({"text", "json"}));
   worker_cmd->add_option("--memory-mb", worker.memory_mb);
   worker_cmd->add_option("--max-files", worker.max_files);
+  worker_cmd->add_option("--cpu-seconds", worker.cpu_seconds);
+  worker_cmd->add_flag("!--no-sandbox", worker.sandbox);
+  worker_cmd->add_flag("--fail-boot", worker.fail_boot);
 
   HealthcheckCommand health;
   auto* health_cmd = app.add_subcommand("healthcheck", "GET /healthz of a running server; exit 0 if it answers 200");
@@ -190,6 +211,9 @@ Command parse_command_line(int argc, const char* const* argv) {
         health.url = "http://" + host + ":" + std::to_string(config.listen_port) + "/healthz";
       }
       return health;
+    }
+    if (config.diagnostic_fail_worker_boot && !config.diagnostics) {
+      throw CLI::ValidationError("--diagnostic-fail-worker-boot", "needs --diagnostics");
     }
     if (config.default_timeout_ms > config.max_timeout_ms) {
       throw CLI::ValidationError("--default-timeout-ms", "must not exceed --max-timeout-ms");

@@ -40,6 +40,10 @@ struct Config {
   std::size_t worker_max_files = 1024;     ///< per-worker open-file limit
   std::size_t worker_max_jobs = 0;         ///< recycle a worker after this many jobs; 0 = never
   std::size_t worker_max_jobs_jitter = 0;  ///< plus a random 0..jitter, so workers recycle apart
+  std::size_t worker_max_rss_mb = 0;       ///< recycle a worker whose RSS passed this after a job; 0 = never
+  std::size_t worker_cpu_seconds = 0;      ///< CPU seconds one process-model job may use; 0 = no limit
+  bool worker_sandbox = true;              ///< seccomp: jobs in workers cannot fork or exec
+  bool diagnostic_fail_worker_boot = false;  ///< diagnostic: every worker fails before hello
   std::string store = "memory";
   std::string data_dir = "./data";
   std::string database_url;

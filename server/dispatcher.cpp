@@ -49,6 +49,10 @@ workers::PoolOptions pool_options(const Config& config) {
   worker.log_format = config.log_format;
   worker.memory_mb = config.worker_memory_mb;
   worker.max_files = config.worker_max_files;
+  worker.cpu_seconds = config.worker_cpu_seconds;
+  worker.sandbox = config.worker_sandbox;
+  worker.fail_boot = config.diagnostic_fail_worker_boot;
+  options.max_rss_bytes = config.worker_max_rss_mb << 20;
   options.max_jobs = config.worker_max_jobs;
   options.max_jobs_jitter = config.worker_max_jobs_jitter;
   options.worker_args = worker_arguments(worker);
@@ -138,6 +142,13 @@ api::SubmitResult Dispatcher::submit(std::vector<api::JobRequest> requests,
     }
     std::array<std::size_t, 2> wanted{};
     for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
+    if (wanted[static_cast<std::size_t>(model_index(Model::process))] > 0 && processes_.stats().boot_failing) {
+      // Queueing would only hide the fault: say so, and let the client retry elsewhere or later.
+      result.kind = api::SubmitResult::Kind::unavailable;
+      result.retry_after_s = 10;
+      result.detail = "no worker process is up: workers fail to boot (see the server log); retry later";
+      return result;
+    }
     for (Model model : {Model::thread, Model::process}) {
       const auto n = wanted[static_cast<std::size_t>(model_index(model))];
       if (n > 0 && queued(model) + n > config_.queue_limit) {
@@ -418,7 +429,16 @@ asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
   cancel_unstarted(stuck, "shutdown", "the server shut down while the job ran");
   const auto pool_end = SteadyClock::now() + std::chrono::seconds(10);
   while (!processes_.stopped() && SteadyClock::now() < pool_end) co_await pause();
-  log::event(spdlog::level::info, "drained", {{"workers_left", processes_.stopped() ? 0 : 1}});
+  // Every accepted job must have a terminal state by now; the log says so, with the counts.
+  std::uint64_t accepted = 0, finished = 0;
+  for (const auto& c : counters_) {
+    accepted += c.submitted.load();
+    finished += c.succeeded.load() + c.failed.load() + c.cancelled.load() + c.timed_out.load();
+  }
+  log::event(spdlog::level::info, "drained",
+             {{"workers_left", processes_.stopped() ? 0 : 1},
+              {"jobs_accepted", accepted},
+              {"jobs_not_terminal", accepted - finished}});
 }
 
 std::array<ModelGauges, 2> Dispatcher::gauges() const {
@@ -464,7 +484,11 @@ api::Health Dispatcher::health() const {
     std::lock_guard lock(mutex_);
     health.draining = draining_;
   }
-  health.ready = processes_.stats().ready && !health.draining;
+  const auto pool = processes_.stats();
+  health.ready = pool.ready && !health.draining;
+  if (pool.boot_failing) {
+    health.not_ready_reason = "worker processes fail to boot (the server log says why); retrying with backoff";
+  }
   return health;
 }
 

@@ -1,15 +1,19 @@
 #include "workers/http_request_type.hpp"
 #include "workers/job_type.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -354,6 +358,93 @@ JobType crash_type() {
   return t;
 }
 
+/// A diagnostic fault-injection type that only runs inside a worker process.
+JobType process_only_diagnostic(std::string name, std::string description, Json input_schema,
+                                BlockingRun handler) {
+  JobType t;
+  t.name = std::move(name);
+  t.kind = Kind::cpu;
+  t.description = std::move(description);
+  t.input_schema = std::move(input_schema);
+  t.diagnostic = true;
+  t.process_only = true;  // on an io thread it would hit the server itself
+  t.blocking = std::move(handler);
+  return t;
+}
+
+/// A fork bomb's first step: creates processes until told to stop or refused. In a sandboxed
+/// worker the first fork() fails with EPERM and the job fails with process_limit.
+Outcome run_fork(const Json& input, const StopFlag&) {
+  const auto wanted = input.at("processes").get<int>();
+  int forked = 0;
+  for (; forked < wanted; ++forked) {
+    const pid_t child = ::fork();
+    if (child == 0) ::_exit(0);
+    if (child < 0) {
+      const int error = errno;
+      return Outcome::failure("process_limit", "could not create a process after " + std::to_string(forked) +
+                                                   ": fork: " + std::strerror(error));
+    }
+    ::waitpid(child, nullptr, 0);
+  }
+  return Outcome::success({{"forked", forked}});
+}
+
+JobType fork_type() {
+  return process_only_diagnostic(
+      "fork",
+      "Tries to create the given number of processes (diagnostic: workers forbid it, so it fails "
+      "process_limit; process model only).",
+      object_schema({{"processes", integer_schema(1, 100'000, "How many processes to try to create.")}}, {"processes"}),
+      run_fork);
+}
+
+/// Opens files until it has `count` or the worker's open-file limit stops it (file_limit).
+Outcome run_open_files(const Json& input, const StopFlag&) {
+  const auto wanted = input.at("count").get<int>();
+  std::vector<int> fds;
+  fds.reserve(static_cast<std::size_t>(std::min(wanted, 65'536)));
+  int error = 0;
+  while (static_cast<int>(fds.size()) < wanted) {
+    const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      error = errno;
+      break;
+    }
+    fds.push_back(fd);
+  }
+  const auto opened = fds.size();
+  for (int fd : fds) ::close(fd);
+  if (error != 0) {
+    return Outcome::failure(error == EMFILE || error == ENFILE ? "file_limit" : "handler_error",
+                            "could not open more than " + std::to_string(opened) + " files: " + std::strerror(error));
+  }
+  return Outcome::success({{"opened", opened}});
+}
+
+JobType open_files_type() {
+  return process_only_diagnostic(
+      "open_files",
+      "Opens the given number of files at once, then closes them (diagnostic, for the open-file limit; "
+      "process model only).",
+      object_schema({{"count", integer_schema(1, 10'000'000, "How many files to hold open at once.")}}, {"count"}),
+      run_open_files);
+}
+
+/// Stops answering: ignores SIGTERM and sleeps forever, so only the job's deadline (SIGKILL to
+/// the worker) ends it.
+Outcome run_hang(const Json&, const StopFlag&) {
+  std::signal(SIGTERM, SIG_IGN);
+  for (;;) ::pause();
+}
+
+JobType hang_type() {
+  return process_only_diagnostic(
+      "hang",
+      "Never answers and ignores SIGTERM (diagnostic: the job's deadline must kill the worker; process model only).",
+      object_schema(Json::object(), Json::array()), run_hang);
+}
+
 }  // namespace
 
 void register_builtin_types(Catalogue& catalogue, const BuiltinOptions& options) {
@@ -366,6 +457,9 @@ void register_builtin_types(Catalogue& catalogue, const BuiltinOptions& options)
     catalogue.add(noop_type());
     catalogue.add(alloc_type());
     catalogue.add(crash_type());
+    catalogue.add(fork_type());
+    catalogue.add(open_files_type());
+    catalogue.add(hang_type());
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <variant>
@@ -90,6 +91,25 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   co_return frame;
 }
 
+/// Peak resident set size (VmHWM) of a live process, from /proc/<pid>/status; 0 if unreadable.
+/// The peak, as Celery's max_memory_per_child: a worker that once grew that large keeps its
+/// heap fragmented even after the job freed its memory.
+std::size_t peak_resident_bytes(pid_t pid) {
+  std::FILE* file = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (file == nullptr) return 0;
+  std::size_t kib = 0;
+  char line[256];
+  while (std::fgets(line, sizeof line, file) != nullptr) {
+    unsigned long value = 0;
+    if (std::sscanf(line, "VmHWM: %lu kB", &value) == 1) {
+      kib = value;
+      break;
+    }
+  }
+  std::fclose(file);
+  return kib << 10;
+}
+
 Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
   ResultReply reply = decode_result(frame.header, frame.payload, expected);
   Exchange result;
@@ -125,7 +145,12 @@ class ProcessPool::Slot {
       const bool up = co_await boot();
       if (!up) {
         ++failures;
-        if (failures == pool_.options_.boot_failures_before_unready) pool_.failing_slots_.fetch_add(1);
+        if (failures == pool_.options_.boot_failures_before_unready) {
+          pool_.failing_slots_.fetch_add(1);
+          spdlog::error("worker slot {}: {} boots failed in a row: the process pool is not ready (/readyz 503){}",
+                        index_, failures,
+                        pool_.workers_up_.load() == 0 ? "; process-model jobs are refused (503) until a worker boots" : "");
+        }
         const auto backoff = std::chrono::milliseconds(std::min(100 * (1 << std::min(failures - 1, 7)), 10000));
         spdlog::warn("worker slot {}: boot failed ({} in a row), retrying in {} ms", index_, failures, backoff.count());
         co_await pause(backoff);
@@ -226,7 +251,7 @@ class ProcessPool::Slot {
     sigemptyset(&empty);
     sigset_t defaults;
     sigemptyset(&defaults);
-    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPIPE, SIGHUP}) sigaddset(&defaults, sig);
+    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPIPE, SIGHUP, SIGXCPU}) sigaddset(&defaults, sig);
     posix_spawnattr_setsigmask(&attr, &empty);
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setpgroup(&attr, 0);  // its own process group, killed as one
@@ -320,10 +345,20 @@ class ProcessPool::Slot {
           pool_.observer_.on_worker_restart(RestartReason::memory);
           co_return false;  // retire() closes the socket; the worker exits on EOF
         }
-        if (job_limit_ > 0 && jobs_done_ >= job_limit_ && !pool_.recycling_.exchange(true)) {
+        std::string why;
+        if (job_limit_ > 0 && jobs_done_ >= job_limit_) {
+          why = "after " + std::to_string(jobs_done_) + " jobs";
+        } else if (pool_.options_.max_rss_bytes > 0) {
+          const std::size_t rss = peak_resident_bytes(pid);
+          if (rss > pool_.options_.max_rss_bytes) {
+            why = "with a peak of " + std::to_string(rss >> 20) + " MiB resident (limit " +
+                  std::to_string(pool_.options_.max_rss_bytes >> 20) + " MiB)";
+          }
+        }
+        if (!why.empty() && !pool_.recycling_.exchange(true)) {
           // One worker at a time: if another is being replaced, this one goes after its next job.
           recycling_ = true;
-          spdlog::info("worker slot {}: pid {} recycled after {} jobs", index_, pid, jobs_done_);
+          spdlog::info("worker slot {}: pid {} recycled {}", index_, pid, why);
           pool_.observer_.on_worker_restart(RestartReason::recycle);
           co_return false;
         }
@@ -372,7 +407,10 @@ class ProcessPool::Slot {
                                                           std::to_string(pid) + " was stopped");
         break;
       case StopReason::none:
-        if (report.outcome.error_code.empty()) {
+        if (report.outcome.error_code.empty() && info.signal() == SIGXCPU) {
+          report.outcome = Outcome::failure("cpu_limit", "the job used up the CPU time a job may have; worker process " +
+                                                             std::to_string(pid) + " was ended by SIGXCPU");
+        } else if (report.outcome.error_code.empty()) {
           report.outcome = Outcome::failure("worker_crashed", "worker process " + std::to_string(pid) +
                                                                   " died with " + info.describe());
         }
@@ -568,6 +606,7 @@ PoolStats ProcessPool::stats() const {
   std::lock_guard lock(mutex_);
   stats.queued = queue_.size();
   stats.ready = all_booted_once_ && failing_slots_.load() == 0 && !closed_;
+  stats.boot_failing = failing_slots_.load() > 0 && workers_up_.load() == 0;
   return stats;
 }
 

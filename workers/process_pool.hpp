@@ -27,6 +27,7 @@ struct PoolOptions {
   int boot_failures_before_unready = 3;         ///< consecutive failed boots that mark the pool unready
   std::size_t max_jobs = 0;                     ///< recycle a worker after this many jobs; 0 = never
   std::size_t max_jobs_jitter = 0;              ///< plus a random 0..jitter per worker
+  std::size_t max_rss_bytes = 0;                ///< recycle a worker whose peak RSS passed this; 0 = never
 };
 
 /// A snapshot of the pool for /v1/stats and metrics.
@@ -35,6 +36,7 @@ struct PoolStats {
   std::size_t busy = 0;     ///< workers running a job
   std::size_t queued = 0;   ///< jobs waiting for a worker
   bool ready = false;       ///< every worker booted once and booting is not failing
+  bool boot_failing = false;  ///< no worker is up and workers keep failing to boot
 };
 
 /// The process model: a pool of worker processes, each running one job at a time.

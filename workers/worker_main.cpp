@@ -1,13 +1,17 @@
 #include "workers/worker_main.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <new>
 #include <string>
 #include <vector>
 
+#include <sched.h>
+#include <seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -91,7 +95,56 @@ Outcome run_job(const Catalogue& catalogue, const nlohmann::json& request) {
   }
 }
 
+void set_limit(int resource, rlim_t soft, rlim_t hard, const char* name) {
+  const rlimit limit{soft, hard};
+  if (::setrlimit(resource, &limit) != 0) {
+    std::fprintf(stderr, "switchyard worker: setrlimit(%s): %s\n", name, std::strerror(errno));
+  }
+}
+
+/// Gives the next job `seconds` of CPU time from now: SIGXCPU ends the worker past it, and the
+/// server reports the job failed with cpu_limit. The hard limit stays where it is, so the soft
+/// limit can move forward for every job.
+void arm_cpu_limit(std::size_t seconds) {
+  rlimit current{};
+  if (::getrlimit(RLIMIT_CPU, &current) != 0) return;
+  const auto used_s = static_cast<rlim_t>(process_cpu_ms() / 1000.0) + 1;
+  rlim_t soft = used_s + seconds;
+  if (current.rlim_max != RLIM_INFINITY) soft = std::min(soft, current.rlim_max);
+  set_limit(RLIMIT_CPU, soft, current.rlim_max, "RLIMIT_CPU");
+}
+
 }  // namespace
+
+bool install_process_sandbox(std::string& problem) {
+  scmp_filter_ctx filter = ::seccomp_init(SCMP_ACT_ALLOW);
+  if (filter == nullptr) {
+    problem = "seccomp_init failed";
+    return false;
+  }
+  int rc = 0;
+  const auto deny = [&](int syscall, std::uint32_t action) {
+    if (rc == 0) rc = ::seccomp_rule_add(filter, action, syscall, 0);
+  };
+  deny(SCMP_SYS(fork), SCMP_ACT_ERRNO(EPERM));
+  deny(SCMP_SYS(vfork), SCMP_ACT_ERRNO(EPERM));
+  deny(SCMP_SYS(execve), SCMP_ACT_ERRNO(EPERM));
+  deny(SCMP_SYS(execveat), SCMP_ACT_ERRNO(EPERM));
+  // clone3 passes its flags in memory, where a filter cannot look: ENOSYS makes glibc fall back
+  // to clone, whose flags can be checked.
+  deny(SCMP_SYS(clone3), SCMP_ACT_ERRNO(ENOSYS));
+  if (rc == 0) {
+    rc = ::seccomp_rule_add(filter, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                            SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0));
+  }
+  if (rc == 0) rc = ::seccomp_load(filter);  // also sets no_new_privs
+  ::seccomp_release(filter);
+  if (rc != 0) {
+    problem = std::strerror(-rc);
+    return false;
+  }
+  return true;
+}
 
 int worker_main(const WorkerOptions& options) {
   // Die with the server, and notice if it died before this line ran.
@@ -99,16 +152,24 @@ int worker_main(const WorkerOptions& options) {
   if (options.parent != 0 && ::getppid() != options.parent) return 0;
   std::signal(SIGPIPE, SIG_IGN);
   std::signal(SIGINT, SIG_IGN);  // Ctrl-C reaches the whole process group; the server decides
+  if (options.fail_boot) {
+    std::fprintf(stderr, "switchyard worker: failing before hello on purpose (--diagnostic-fail-worker-boot)\n");
+    return 3;
+  }
 
   // Limits apply to the whole worker, so a job over them fails alone (std::bad_alloc becomes
   // memory_limit) and the server replaces the worker.
   if (options.memory_mb > 0) {
-    const rlimit memory{options.memory_mb << 20, options.memory_mb << 20};
-    if (::setrlimit(RLIMIT_AS, &memory) != 0) std::perror("switchyard worker: setrlimit(RLIMIT_AS)");
+    set_limit(RLIMIT_AS, options.memory_mb << 20, options.memory_mb << 20, "RLIMIT_AS");
   }
-  if (options.max_files > 0) {
-    const rlimit files{options.max_files, options.max_files};
-    if (::setrlimit(RLIMIT_NOFILE, &files) != 0) std::perror("switchyard worker: setrlimit(RLIMIT_NOFILE)");
+  if (options.max_files > 0) set_limit(RLIMIT_NOFILE, options.max_files, options.max_files, "RLIMIT_NOFILE");
+  set_limit(RLIMIT_CORE, 0, 0, "RLIMIT_CORE");  // a crashing job must not fill the disk with cores
+  if (options.sandbox) {
+    std::string problem;
+    if (!install_process_sandbox(problem)) {
+      std::fprintf(stderr, "switchyard worker: seccomp filter refused (%s); jobs could create processes\n",
+                   problem.c_str());
+    }
   }
 
   const Catalogue catalogue = make_builtin_catalogue(options.builtin);
@@ -135,6 +196,7 @@ int worker_main(const WorkerOptions& options) {
       std::fprintf(stderr, "switchyard worker: malformed run payload\n");
       return 2;
     }
+    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds);
     const double cpu_before = process_cpu_ms();
     Outcome outcome = run_job(catalogue, request);
     const double cpu_after = process_cpu_ms();

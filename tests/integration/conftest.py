@@ -35,11 +35,11 @@ class ServerFactory:
         self.servers = []
 
     def __call__(self, *flags, env=None, diagnostics=True, log_format="json",
-                 listen="127.0.0.1:0"):
+                 listen="127.0.0.1:0", wait_ready=True):
         s = sy.Server(self.binary, flags, env=env, diagnostics=diagnostics,
                       log_format=log_format, listen=listen)
         self.servers.append(s)
-        s.start()
+        s.start(wait_ready=wait_ready)
         return s
 
     def close(self):

@@ -372,7 +372,7 @@ class Server:
         self._cwd = None
 
     # lifecycle
-    def start(self, listen_timeout=15.0, ready_timeout=15.0):
+    def start(self, listen_timeout=15.0, ready_timeout=15.0, wait_ready=True):
         self._cwd = tempfile.mkdtemp(prefix="switchyard-it-")
         self.proc = subprocess.Popen(
             self.args, cwd=self._cwd, env=self.env, stdin=subprocess.DEVNULL,
@@ -392,6 +392,8 @@ class Server:
                     f"switchyard did not log its listening address within {listen_timeout}s "
                     f"(exit code {self.proc.returncode}); args={self.args}\n{self.log_tail()}")
         self.base_url = f"http://{HOST}:{self.port}"
+        if not wait_ready:
+            return self
         deadline = time.monotonic() + ready_timeout
         status = None
         for _ in range(int(ready_timeout / 0.05) + 2):

@@ -205,11 +205,14 @@ TEST_CASE("builtin catalogue: names, kinds and published schemas") {
     CHECK(t.input_schema.at("additionalProperties") == false);
     CHECK(t.input_schema.contains("required"));
     CHECK_FALSE(t.description.empty());
-    CHECK(t.diagnostic == (t.name == "noop" || t.name == "alloc" || t.name == "crash"));
+    const bool fault = t.name == "crash" || t.name == "fork" || t.name == "open_files" || t.name == "hang";
+    CHECK(t.diagnostic == (t.name == "noop" || t.name == "alloc" || fault));
+    CHECK(t.process_only == fault);
     CHECK(static_cast<bool>(t.async) == (t.kind == Kind::io));
     CHECK(static_cast<bool>(t.blocking) == (t.kind == Kind::cpu));
   }
-  CHECK(names == std::vector<std::string>{"sleep", "http.request", "hash", "primes", "burn", "noop", "alloc", "crash"});
+  CHECK(names == std::vector<std::string>{"sleep", "http.request", "hash", "primes", "burn", "noop", "alloc", "crash",
+                                          "fork", "open_files", "hang"});
   CHECK(type("sleep").kind == Kind::io);
   CHECK(type("http.request").kind == Kind::io);
   CHECK(type("primes").kind == Kind::cpu);

@@ -83,6 +83,9 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   options.log_format = "json";
   options.memory_mb = 256;
   options.max_files = 64;
+  options.cpu_seconds = 7;
+  options.sandbox = false;
+  options.fail_boot = true;
   auto args = worker_arguments(options);
   std::vector<const char*> argv;
   for (auto& a : args) argv.push_back(a.c_str());
@@ -97,4 +100,35 @@ TEST_CASE("worker arguments round-trip through the worker subcommand") {
   CHECK(parsed.log_format == "json");
   CHECK(parsed.memory_mb == 256);
   CHECK(parsed.max_files == 64);
+  CHECK(parsed.cpu_seconds == 7);
+  CHECK_FALSE(parsed.sandbox);
+  CHECK(parsed.fail_boot);
+
+  // The defaults round-trip too: sandbox on, no CPU limit, a normal boot.
+  auto plain_args = worker_arguments(switchyard::workers::WorkerOptions{});
+  std::vector<const char*> plain_argv;
+  for (auto& a : plain_args) plain_argv.push_back(a.c_str());
+  auto plain = parse(plain_argv);
+  REQUIRE(std::holds_alternative<WorkerCommand>(plain));
+  CHECK(std::get<WorkerCommand>(plain).options.sandbox);
+  CHECK(std::get<WorkerCommand>(plain).options.cpu_seconds == 0);
+  CHECK_FALSE(std::get<WorkerCommand>(plain).options.fail_boot);
+}
+
+TEST_CASE("worker fault options") {
+  auto sandbox_off = parse({"--no-worker-sandbox", "--worker-cpu-seconds", "5", "--worker-max-rss-mb", "300"});
+  REQUIRE(std::holds_alternative<ServeCommand>(sandbox_off));
+  const auto& c = std::get<ServeCommand>(sandbox_off).config;
+  CHECK_FALSE(c.worker_sandbox);
+  CHECK(c.worker_cpu_seconds == 5);
+  CHECK(c.worker_max_rss_mb == 300);
+  auto defaults = parse({});
+  CHECK(std::get<ServeCommand>(defaults).config.worker_sandbox);
+  // The boot-failure switch is a diagnostic: refused without --diagnostics.
+  auto refused = parse({"--diagnostic-fail-worker-boot"});
+  REQUIRE(std::holds_alternative<ExitNow>(refused));
+  CHECK(std::get<ExitNow>(refused).code != 0);
+  auto allowed = parse({"--diagnostics", "--diagnostic-fail-worker-boot"});
+  REQUIRE(std::holds_alternative<ServeCommand>(allowed));
+  CHECK(std::get<ServeCommand>(allowed).config.diagnostic_fail_worker_boot);
 }
