@@ -203,7 +203,10 @@ class ProcessPool::Slot {
       ::close(fds[0]);
       co_return false;
     }
-    pool_.reaper_.watch(pid_, [this](const ExitInfo& info) { exits_.try_send(boost::system::error_code{}, info); });
+    pool_.reaper_.watch(pid_, [this](const ExitInfo& info) {
+      exits_.try_send(boost::system::error_code{}, info);
+      pool_.wake_if_idle(*this);  // an idle worker that died is replaced now, not at the next job
+    });
     socket_ = asio::local::stream_protocol::socket(strand_);
     socket_.assign(asio::local::stream_protocol(), fds[0]);
 
@@ -285,7 +288,13 @@ class ProcessPool::Slot {
   asio::awaitable<void> serve() {
     for (;;) {
       auto run = co_await pool_.next_run(*this);
-      if (!run) co_return;  // closed: retire() closes the socket, the worker reads EOF and exits
+      if (!run) {
+        if (died_while_idle()) {  // woken by its exit (kill -9, OOM killer) while it waited
+          exited_ = true;
+          pool_.observer_.on_worker_restart(RestartReason::crash);
+        }
+        co_return;  // else closed: retire() closes the socket, the worker reads EOF and exits
+      }
       if (run->stop_flag().stop_requested()) {  // cancelled between the queue and here
         pool_.finish(*this, *run, RunReport{Outcome::failure("cancelled", "stopped before it started"),
                                             run->stop_flag().reason(), 0, std::nullopt, false});
@@ -536,6 +545,16 @@ asio::awaitable<std::shared_ptr<Execution>> ProcessPool::next_run(Slot& slot) {
   }
   auto [error, run] = co_await slot.runs().async_receive(asio::as_tuple(asio::use_awaitable));
   co_return error ? nullptr : run;
+}
+
+void ProcessPool::wake_if_idle(Slot& slot) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = std::find(idle_.begin(), idle_.end(), &slot);
+    if (it == idle_.end()) return;  // busy, booting or already woken: it sees the exit itself
+    idle_.erase(it);
+  }
+  slot.runs().try_send(boost::system::error_code{}, nullptr);
 }
 
 void ProcessPool::give_back(Slot& slot, std::shared_ptr<Execution> run) {

@@ -87,6 +87,8 @@ class ProcessPool {
 
   /// Awaits the next run for `slot`; nullptr once the pool is closed.
   boost::asio::awaitable<std::shared_ptr<Execution>> next_run(Slot& slot);
+  /// Wakes `slot` with no run if it waits idle (its worker died): it then replaces the worker.
+  void wake_if_idle(Slot& slot);
   /// Hands a run the slot could not start back to the pool (its worker died while idle).
   void give_back(Slot& slot, std::shared_ptr<Execution> run);
   /// Marks the slot's run done and reports it.
