@@ -81,7 +81,7 @@ class Container:
         return p.stdout + p.stderr
 
     def remove(self):
-        podman("rm", "-f", "-t", "0", self.name, check=False)
+        podman("rm", "-f", "-v", "-t", "0", self.name, check=False)  # -v: its anonymous volume too
 
 
 @pytest.fixture(scope="module")
@@ -203,3 +203,47 @@ def test_stop_drains_promptly_with_exit_0(image):
         assert drained[-1]["workers_left"] == 0
     finally:
         c.remove()
+
+
+def test_compose_file_runs_the_service(image):
+    """deploy/docker-compose.yml brought up with podman-compose: the switchyard service as written
+    (read-only root, tmpfs, no capabilities, healthcheck, named volume). Its prometheus and
+    grafana services need images from Docker Hub, which this machine cannot reach; the same
+    prometheus.yml and rules run against the service in test_prometheus.py instead."""
+    podman("tag", image, "localhost/switchyard:latest")
+    port = free_port()
+    project = f"sytest{os.getpid()}"
+    env = dict(os.environ, CONTAINERS_CONF=CONF, PUBLISH=f"127.0.0.1:{port}")
+    compose = ["podman-compose", "-f", os.path.join(REPO, "deploy", "docker-compose.yml"), "-p", project]
+
+    def run(*args, timeout=120):
+        return subprocess.run(compose + list(args), env=env, timeout=timeout, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        up = run("up", "-d", "--no-build", "--no-deps", "switchyard")
+        assert up.returncode == 0, up.stdout
+        name = f"{project}_switchyard_1"
+
+        def ready():
+            try:
+                return sy.http_request(port, "GET", "/readyz", timeout=2).status == 200
+            except OSError:
+                return False
+        sy.wait_until(ready, 60, interval=0.2, message="compose service /readyz")
+        for job in ({"type": "sleep", "input": {"ms": 10}}, {"type": "primes", "input": {"n": 100}}):
+            r = sy.http_request(port, "POST", "/v1/jobs", job, headers={"Prefer": "wait=10"})
+            assert r.status == 200 and r.body["status"] == "succeeded", r
+        # The hardening of the compose file is really applied.
+        probe = podman("exec", name, "/bin/sh", "-c",
+                       "touch /usr/x 2>/dev/null && echo writable || echo read-only; "
+                       "touch /tmp/x && echo tmp-ok; id -u; grep CapEff /proc/self/status",
+                       check=False).stdout.split()
+        assert probe[:3] == ["read-only", "tmp-ok", "10001"], probe
+        assert probe[-1] == "0000000000000000", probe
+        env_vars = podman("exec", name, "/bin/sh", "-c", "env").stdout
+        assert "SWITCHYARD_DRAIN_GRACE_MS=30000" in env_vars
+        stop = run("stop", "-t", "40", "switchyard")
+        assert stop.returncode == 0, stop.stdout
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    finally:
+        run("down", "-v", "-t", "0")
