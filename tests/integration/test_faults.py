@@ -4,7 +4,7 @@ workers that cannot boot. Each is contained with the right error code; the serve
 jobs are unaffected."""
 
 import json
-import signal
+import threading
 import time
 
 import sy_helpers as sy
@@ -160,3 +160,51 @@ def test_every_fault_at_once_leaves_other_jobs_unharmed(server_factory):
     assert {d["result"]["count"] for d in done[len(bad):len(bad) + 10]} == {2262}
     s.wait_pool(2)
     assert s.stop() == 0
+
+
+def test_stuck_io_jobs_cannot_hold_the_thread_pool(server_factory):
+    """200 http.request jobs to a peer that accepts and never answers: each ends timed_out at its
+    deadline, and meanwhile other io jobs run at once on the same (unchanged) threads."""
+    import socket
+    s = server_factory("--process-workers", "1")
+    hole = socket.socket()
+    hole.bind((sy.HOST, 0))
+    hole.listen(512)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        hole.settimeout(0.1)
+        for _ in range(2000):  # bounded; the test ends it sooner
+            if stop.is_set():
+                break
+            try:
+                conn, _ = hole.accept()
+                held.append(conn)
+            except OSError:
+                continue
+    t = threading.Thread(target=accept_and_hold, daemon=True)
+    t.start()
+    try:
+        threads_before = s.thread_count()
+        url = f"http://{sy.HOST}:{hole.getsockname()[1]}/never"
+        r = s.request("POST", "/v1/jobs:batch",
+                      {"jobs": [{"type": "http.request", "input": {"url": url}, "timeout_ms": 1000}] * 200})
+        assert r.status == 202, r
+        ids = [j["id"] for j in r.body["jobs"]]
+        sy.wait_until(lambda: s.stats()["models"]["thread"]["running"] >= 150, 5, message="jobs stuck")
+        t0 = time.monotonic()
+        quick = s.submit("sleep", {"ms": 10}, headers=WAIT).body
+        assert quick["status"] == "succeeded" and time.monotonic() - t0 < 1.0, quick
+        assert s.thread_count() == threads_before
+        for job_id in ids:
+            final = s.wait_job(job_id, timeout=10)
+            assert final["status"] == "timed_out" and final["error"]["code"] == "timeout", final
+            assert final["run_ms"] < 3000, final
+        assert s.stats()["models"]["thread"]["running"] == 0
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        hole.close()
