@@ -165,7 +165,10 @@ def test_overload_sheds_with_429_and_stays_healthy(server_factory, switchyard_bi
     half = len(rss) // 2
     first, second = max(rss[2:half]), max(rss[half:])
     print(f"server RSS: first half max {first / 1024:.1f} MiB, second half max {second / 1024:.1f} MiB")
-    assert second <= first * 1.10 + 8192, rss
+    if not _sanitized(switchyard_bin):
+        # Under ASan freed memory sits in a quarantine of up to 256 MiB by design, and TSan keeps
+        # shadow and history memory: RSS grows there without a leak, so it is only reported.
+        assert second <= first * 1.10 + 8192, rss
 
     # Nothing accepted was lost: every accepted job ends, and the pool is whole.
     sy.wait_until(lambda: s.stats()["models"]["process"]["queued"] == 0
