@@ -14,7 +14,7 @@ build_pkgs=(
   libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev
 )
 test_pkgs=(curl python3 python3-pytest python3-yaml procps)
-deploy_pkgs=(podman buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
+deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-}" == "--deploy" ]]; then

@@ -439,7 +439,7 @@ def test_deploy_files_parse_and_agree(switchyard_bin):
     drain_ms = int(env.get("SWITCHYARD_DRAIN_GRACE_MS", drain_default_ms))
     assert duration_s(sy_svc["stop_grace_period"]) > drain_ms / 1000 + 2, \
         "stop_grace_period must exceed the drain grace"
-    assert "8080:8080" in [str(p) for p in sy_svc["ports"]]
+    assert "${PUBLISH:-8080}:8080" in [str(p) for p in sy_svc["ports"]]
     assert any(str(v).split(":")[1] == "/var/lib/switchyard" for v in sy_svc["volumes"])
 
     def mounts(svc):
