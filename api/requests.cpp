@@ -43,6 +43,10 @@ std::string type_name(const nlohmann::json& value) {
 }  // namespace
 
 std::variant<nlohmann::json, Problem> parse_json_body(std::string_view body, const RequestLimits& limits) {
+  if (body.find('\0') != std::string_view::npos) {
+    // nlohmann's lexer stops at a NUL, so text after it would be silently ignored.
+    return make_problem(400, "invalid_json", "malformed JSON: a NUL byte is not allowed in JSON text");
+  }
   if (json_depth(body) > limits.max_json_depth) {
     return make_problem(400, "invalid_json",
                         "JSON nested deeper than " + std::to_string(limits.max_json_depth) + " levels");
@@ -69,7 +73,7 @@ std::variant<JobRequest, std::vector<FieldError>> parse_job_request(const nlohma
   static const std::array<std::string_view, 5> kKnown = {"type", "input", "model", "priority", "timeout_ms"};
   for (const auto& [key, value] : body.items()) {
     if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end()) {
-      errors.push_back({prefix + "/" + key, "unknown field"});
+      errors.push_back({(nlohmann::json::json_pointer(prefix) / key).to_string(), "unknown field"});
     }
   }
   JobRequest request;
@@ -206,16 +210,40 @@ std::optional<std::string> parse_cursor(std::string_view cursor) {
   return std::string(cursor);
 }
 
+namespace {
+
+/// The decoded parameters of a query string, or nullopt if it is malformed.
+std::optional<std::vector<std::pair<std::string, std::string>>> decoded_params(std::string_view query) {
+  // Boost.URL 1.81's parse_query reads up to a NUL past the view (boostorg/url#757): parse an
+  // owned, NUL-terminated copy.
+  const std::string owned(query);
+  if (!boost::urls::parse_query(owned)) return std::nullopt;
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto param : boost::urls::params_view(owned)) out.emplace_back(param.key, param.value);
+  return out;
+}
+
+}  // namespace
+
+std::variant<std::optional<std::chrono::milliseconds>, Problem> parse_wait_query(std::string_view query,
+                                                                                 const RequestLimits& limits) {
+  if (query.empty()) return std::optional<std::chrono::milliseconds>{};
+  const auto params = decoded_params(query);
+  if (!params || params->size() != 1 || params->front().first != "wait") {
+    return make_problem(400, "invalid_query", "the only query parameter here is wait=<seconds>");
+  }
+  auto wait = parse_wait_seconds(params->front().second, limits);
+  if (!wait) return make_problem(400, "invalid_query", "wait must be a number of seconds >= 0");
+  return wait;
+}
+
 std::variant<ListQuery, Problem> parse_list_query(std::string_view query) {
   ListQuery out;
   if (query.empty()) return out;
   auto bad = [](std::string detail) { return make_problem(400, "invalid_query", std::move(detail)); };
-  auto parsed = boost::urls::parse_query(query);
-  if (!parsed) return bad("the query string is malformed");
-  const boost::urls::params_view params(query);  // valid: parse_query accepted it
-  for (auto param : params) {
-    const std::string key = param.key;
-    const std::string value = param.value;
+  const auto params = decoded_params(query);
+  if (!params) return bad("the query string is malformed");
+  for (const auto& [key, value] : *params) {
     if (key == "status") {
       out.status = parse_status(value);
       if (!out.status) return bad("status must be one of queued, running, succeeded, failed, cancelled, timed_out");

@@ -72,6 +72,10 @@ struct ListQuery {
 /// Parses the query string of GET /v1/jobs; a Problem (400 invalid_query) if it is malformed.
 std::variant<ListQuery, Problem> parse_list_query(std::string_view query);
 
+/// The query of GET /v1/jobs/{id}: empty, or only `wait=<seconds>` (percent-decoded, capped).
+std::variant<std::optional<std::chrono::milliseconds>, Problem> parse_wait_query(std::string_view query,
+                                                                                 const RequestLimits& limits);
+
 /// The opaque cursor that continues a listing after `id`.
 std::string make_cursor(std::string_view id);
 

@@ -1,5 +1,6 @@
 #include "api/router.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -123,6 +124,10 @@ Router::Router(JobService& service, RouterOptions options) : service_(service), 
 bool Router::authorized(const Request& request) const {
   if (options_.tokens.empty()) return true;
   auto header = request.header("Authorization");
+  // Two Authorization fields are ambiguous (which one would a proxy have checked?): refuse.
+  const auto fields = std::count_if(request.headers.begin(), request.headers.end(),
+                                    [](const auto& field) { return iequals(field.first, "Authorization"); });
+  if (fields != 1) return false;
   if (!header || header->size() < 7 || !iequals(header->substr(0, 7), "Bearer ")) return false;
   auto presented = header->substr(7);
   while (!presented.empty() && presented.front() == ' ') presented.remove_prefix(1);
@@ -311,7 +316,7 @@ Response Router::post_batch(const Request& request) {
     return to_response(validation_problem({{"", "must be an object with a \"jobs\" array"}}));
   }
   for (const auto& [name, value] : body.items()) {
-    if (name != "jobs") errors.push_back({"/" + name, "unknown field"});
+    if (name != "jobs") errors.push_back({(nlohmann::json::json_pointer() / name).to_string(), "unknown field"});
   }
   auto jobs_it = body.find("jobs");
   if (jobs_it == body.end()) {
@@ -357,14 +362,9 @@ Response Router::post_batch(const Request& request) {
 }
 
 boost::asio::awaitable<Response> Router::get_job(const std::string& id, std::string_view query) {
-  std::optional<std::chrono::milliseconds> wait;
-  if (!query.empty()) {
-    if (!query.starts_with("wait=") || query.find('&') != std::string_view::npos) {
-      co_return to_response(make_problem(400, "invalid_query", "the only query parameter here is wait=<seconds>"));
-    }
-    wait = parse_wait_seconds(query.substr(5), options_.limits);
-    if (!wait) co_return to_response(make_problem(400, "invalid_query", "wait must be a number of seconds >= 0"));
-  }
+  auto parsed = parse_wait_query(query, options_.limits);
+  if (auto* problem = std::get_if<Problem>(&parsed)) co_return to_response(*problem);
+  const auto wait = std::get<std::optional<std::chrono::milliseconds>>(parsed);
   // Not a conditional expression: GCC 12 destroys a co_await temporary in ?: twice.
   std::optional<Job> job;
   if (wait) {

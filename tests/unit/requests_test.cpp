@@ -54,6 +54,12 @@ TEST_CASE("every bad field is reported with its JSON Pointer") {
   CHECK(has_path(errors, "/extra"));
 }
 
+TEST_CASE("unknown field names are escaped in their JSON Pointer (found by fuzz_request)") {
+  const auto errors = errors_of(json{{"type", "noop"}, {"input", json::object()}, {"a/b~c", 1}}, "/jobs/2");
+  CHECK(has_path(errors, "/jobs/2/a~1b~0c"));
+  CHECK_FALSE(has_path(errors, "/jobs/2/a/b~c"));
+}
+
 TEST_CASE("type is required and must be known") {
   CHECK(has_path(errors_of(json::object()), "/type"));
   const auto unknown = errors_of(json{{"type", "nope"}});
