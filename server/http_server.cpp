@@ -12,7 +12,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
+#include <cctype>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "server/log.hpp"
 
@@ -59,6 +63,77 @@ std::optional<api::Problem> read_error_problem(const beast::error_code& error, s
     return api::make_problem(400, "bad_request", "malformed HTTP request: " + error.message());
   }
   return std::nullopt;  // timeouts, resets: nobody to answer
+}
+
+/// Lower-case coding names of every Transfer-Encoding field, in order ("gzip, chunked" -> 2).
+std::vector<std::string> transfer_codings(const http::request<http::string_body>& message) {
+  std::vector<std::string> codings;
+  const auto range = message.equal_range(http::field::transfer_encoding);
+  for (auto field = range.first; field != range.second; ++field) {
+    std::string_view rest = field->value();
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      std::string_view item = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      item = item.substr(0, item.find(';'));  // transfer parameters do not change the coding
+      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+      std::string name(item);
+      for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      codings.push_back(std::move(name));
+    }
+  }
+  return codings;
+}
+
+bool valid_host(std::string_view host) {
+  static constexpr std::string_view kAllowed = "-._~!$&'()*+,;=:[]%";
+  return std::all_of(host.begin(), host.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || kAllowed.find(c) != std::string_view::npos;
+  });
+}
+
+/// What Beast's parser accepts but RFC 9112 refuses, checked once the header is read and before
+/// the body is: framing a proxy in front could read differently (request smuggling), the Host
+/// field, and the request target. Returns the problem to answer before closing, or nullopt. An
+/// absolute-form target ("http://host/path") is rewritten to origin form, as RFC 9112 3.2.2 asks.
+std::optional<api::Problem> check_request_head(http::request<http::string_body>& message) {
+  auto bad = [](std::string detail) { return api::make_problem(400, "bad_request", std::move(detail)); };
+  const auto te_fields = message.count(http::field::transfer_encoding);
+  if (te_fields > 0) {
+    const auto codings = transfer_codings(message);
+    if (message.version() < 11) return bad("Transfer-Encoding is not allowed in an HTTP/1.0 request");
+    if (message.count(http::field::content_length) > 0) {
+      return bad("a request must not carry both Content-Length and Transfer-Encoding");
+    }
+    if (codings.empty() || codings.back() != "chunked") {
+      return bad("the final transfer coding must be chunked, or the body's length is unknown");
+    }
+    if (std::count(codings.begin(), codings.end(), "chunked") > 1) return bad("chunked is applied more than once");
+    for (const auto& coding : codings) {
+      if (coding != "chunked") {
+        return api::make_problem(501, "not_implemented", "the transfer coding '" + coding + "' is not supported");
+      }
+    }
+  }
+  const auto hosts = message.count(http::field::host);
+  if (hosts > 1) return bad("more than one Host field");
+  if (hosts == 0 && message.version() >= 11) return bad("an HTTP/1.1 request needs a Host field");
+  if (hosts == 1 && !valid_host(message[http::field::host])) return bad("the Host field is not a valid host[:port]");
+
+  const std::string_view target = message.target();
+  if (target.find('#') != std::string_view::npos) return bad("a request target cannot carry a #fragment");
+  if (target.starts_with('/')) return std::nullopt;
+  for (std::string_view scheme : {"http://", "https://"}) {
+    if (target.size() >= scheme.size() && api::iequals(target.substr(0, scheme.size()), scheme)) {
+      const auto path = target.find_first_of("/?", scheme.size());
+      std::string origin = path == std::string_view::npos ? "/" : std::string(target.substr(path));
+      if (origin.front() == '?') origin.insert(origin.begin(), '/');
+      message.target(origin);
+      return std::nullopt;
+    }
+  }
+  return bad("the request target must be a path such as /v1/jobs (origin form) or an absolute http URL");
 }
 
 /// The method as a metrics label: known verbs only, so clients cannot mint label values.
@@ -147,7 +222,9 @@ asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
     parser.body_limit(options_.max_body_bytes);
     stream.expires_after(options_.read_timeout);
     auto [read_error, bytes] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
-    if (!read_error && !parser.is_done()) {
+    std::optional<api::Problem> problem;
+    if (!read_error) problem = check_request_head(parser.get());  // before any body byte is read
+    if (!read_error && !problem && !parser.is_done()) {
       // curl and others send "Expect: 100-continue" with larger bodies and pause until told to go.
       if (auto expect = parser.get()[http::field::expect]; api::iequals(expect, "100-continue")) {
         http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
@@ -158,7 +235,17 @@ asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
     if (read_error == http::error::end_of_stream) break;
     const auto started = std::chrono::steady_clock::now();
     if (read_error) {
-      auto problem = read_error_problem(read_error, options_.max_body_bytes, options_.max_header_bytes);
+      problem = read_error_problem(read_error, options_.max_body_bytes, options_.max_header_bytes);
+      if (problem && read_error == http::error::header_limit) {
+        // Over the limit before the request line even ended (the parser has no target yet): the
+        // target itself is too long.
+        if (parser.get().target().empty()) {
+          problem = api::make_problem(414, "uri_too_long", "the request target exceeds the header limit of " +
+                                                               std::to_string(options_.max_header_bytes) + " bytes");
+        }
+      }
+    }
+    if (read_error || problem) {
       if (!problem) break;
       stream.expires_after(options_.write_timeout);
       auto response = to_beast(api::to_response(*problem), 11, false, false);
