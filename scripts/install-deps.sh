@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Switchyard needs to build and test, from Debian 12 packages only.
 # Idempotent: packages already installed are skipped; nothing is downloaded outside apt.
-# Usage: scripts/install-deps.sh [--test|--deploy]
+# Usage: scripts/install-deps.sh [--test|--deploy|--fuzz]
 #   --deploy adds podman and what it needs to build and run the image here (CONTAINERS.md) and
 #            Prometheus with promtool; --test adds what the test suite needs (which includes the
-#            deploy tests: the image built with podman, a real Prometheus scraping the service).
+#            deploy tests: the image built with podman, a real Prometheus scraping the service);
+#   --fuzz adds clang-14 and its runtime libraries (libFuzzer, ASan, UBSan) for the fuzz preset
+#            and scripts/fuzz.sh.
 set -euo pipefail
 
 build_pkgs=(
@@ -15,10 +17,13 @@ build_pkgs=(
 )
 test_pkgs=(curl python3 python3-pytest python3-yaml procps)
 deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
+fuzz_pkgs=(clang-14 libclang-rt-14-dev)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-}" == "--deploy" ]]; then
   want=("${deploy_pkgs[@]}")
+elif [[ "${1:-}" == "--fuzz" ]]; then
+  want+=("${fuzz_pkgs[@]}")  # the fuzzers are built here, so the build packages too
 elif [[ "${1:-}" == "--test" ]]; then
   want+=("${test_pkgs[@]}" "${deploy_pkgs[@]}")
   # The machine image may ship Node.js with its own npm (which conflicts with Debian's npm
