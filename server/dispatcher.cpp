@@ -142,7 +142,7 @@ api::SubmitResult Dispatcher::submit(std::vector<api::JobRequest> requests,
     }
     std::array<std::size_t, 2> wanted{};
     for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
-    if (wanted[static_cast<std::size_t>(model_index(Model::process))] > 0 && processes_.stats().boot_failing) {
+    if (wanted[static_cast<std::size_t>(model_index(Model::process))] > 0 && processes_.boot_failing()) {
       // Queueing would only hide the fault: say so, and let the client retry elsewhere or later.
       result.kind = api::SubmitResult::Kind::unavailable;
       result.retry_after_s = 10;

@@ -618,6 +618,8 @@ bool ProcessPool::stopped() const noexcept { return slots_running_.load() == 0; 
 
 std::size_t ProcessPool::running() const noexcept { return busy_.load(); }
 
+bool ProcessPool::boot_failing() const noexcept { return failing_slots_.load() > 0 && workers_up_.load() == 0; }
+
 PoolStats ProcessPool::stats() const {
   PoolStats stats;
   stats.workers = workers_up_.load();
@@ -625,7 +627,7 @@ PoolStats ProcessPool::stats() const {
   std::lock_guard lock(mutex_);
   stats.queued = queue_.size();
   stats.ready = all_booted_once_ && failing_slots_.load() == 0 && !closed_;
-  stats.boot_failing = failing_slots_.load() > 0 && workers_up_.load() == 0;
+  stats.boot_failing = boot_failing();
   return stats;
 }
 

@@ -81,6 +81,9 @@ class ProcessPool {
   /// Counters for stats and metrics.
   [[nodiscard]] PoolStats stats() const;
 
+  /// No worker is up and workers keep failing to boot (lock-free, for every submission).
+  [[nodiscard]] bool boot_failing() const noexcept;
+
  private:
   class Slot;
   friend class Slot;
