@@ -70,6 +70,7 @@ nlohmann::json to_json(const Job& job) {
       {"priority", job.priority},
       {"timeout_ms", job.timeout_ms},
       {"attempts", job.attempts},
+      {"max_attempts", job.max_attempts},
       {"input", job.input},
       {"result", job.result},
       {"error", job.error ? nlohmann::json{{"code", job.error->code}, {"message", job.error->message}}

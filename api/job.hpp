@@ -43,7 +43,8 @@ struct Job {
   JobStatus status = JobStatus::queued;
   int priority = 0;
   std::int64_t timeout_ms = 0;
-  int attempts = 0;
+  int attempts = 0;      ///< starts so far: a retried job counts each
+  int max_attempts = 1;  ///< starts allowed when a worker crash or a server restart interrupts it
   nlohmann::json input = nlohmann::json::object();
   nlohmann::json result;  // null until succeeded
   std::optional<JobError> error;

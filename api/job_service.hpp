@@ -23,6 +23,7 @@ struct SubmitResult {
     queue_full,  ///< admission refused (429)
     draining,    ///< the server is shutting down (503)
     unavailable, ///< the model cannot run jobs now: its workers fail to boot (503)
+    store_unavailable,  ///< the job store could not record the jobs (503); none was accepted
   };
   Kind kind = Kind::accepted;
   std::vector<Job> jobs;            ///< for accepted and replayed
@@ -63,8 +64,11 @@ class JobService {
   virtual ~JobService() = default;
 
   /// Admits all `requests` or none. `fingerprint` identifies the request body for idempotency.
-  virtual SubmitResult submit(std::vector<JobRequest> requests, const std::optional<std::string>& idempotency_key,
-                              const std::string& fingerprint) = 0;
+  /// Completes once accepted jobs are recorded as durably as the store can (for a durable store:
+  /// on disk), so that a 202 means the job will run.
+  virtual boost::asio::awaitable<SubmitResult> submit(std::vector<JobRequest> requests,
+                                                      const std::optional<std::string>& idempotency_key,
+                                                      const std::string& fingerprint) = 0;
 
   /// A snapshot of one job.
   [[nodiscard]] virtual std::optional<Job> get(const std::string& id) const = 0;

@@ -40,6 +40,33 @@ std::string type_name(const nlohmann::json& value) {
   return value.type_name();
 }
 
+/// The optional integer field `name` of `body`, checked to lie in [low, high]; a field error otherwise.
+std::optional<std::int64_t> integer_field(const nlohmann::json& body, const std::string& name, std::int64_t low,
+                                          std::int64_t high, const std::string& prefix,
+                                          std::vector<FieldError>& errors) {
+  auto it = body.find(name);
+  if (it == body.end()) return std::nullopt;
+  const std::string path = prefix + "/" + name;
+  if (!it->is_number_integer()) {
+    errors.push_back({path, "must be an integer, not " + type_name(*it)});
+    return std::nullopt;
+  }
+  bool in_range = false;
+  if (it->is_number_unsigned()) {  // non-negative: compare unsigned, so huge values cannot wrap
+    const auto value = it->get<std::uint64_t>();
+    in_range = high >= 0 && value <= static_cast<std::uint64_t>(high) &&
+               (low <= 0 || value >= static_cast<std::uint64_t>(low));
+  } else {
+    const auto value = it->get<std::int64_t>();
+    in_range = value >= low && value <= high;
+  }
+  if (!in_range) {
+    errors.push_back({path, "must be between " + std::to_string(low) + " and " + std::to_string(high)});
+    return std::nullopt;
+  }
+  return it->get<std::int64_t>();
+}
+
 }  // namespace
 
 std::variant<nlohmann::json, Problem> parse_json_body(std::string_view body, const RequestLimits& limits) {
@@ -70,7 +97,8 @@ std::variant<JobRequest, std::vector<FieldError>> parse_job_request(const nlohma
     errors.push_back({prefix.empty() ? "" : prefix, "must be a JSON object, not " + type_name(body)});
     return errors;
   }
-  static const std::array<std::string_view, 5> kKnown = {"type", "input", "model", "priority", "timeout_ms"};
+  static const std::array<std::string_view, 6> kKnown = {"type", "input", "model", "priority", "timeout_ms",
+                                                         "max_attempts"};
   for (const auto& [key, value] : body.items()) {
     if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end()) {
       errors.push_back({(nlohmann::json::json_pointer(prefix) / key).to_string(), "unknown field"});
@@ -108,29 +136,13 @@ std::variant<JobRequest, std::vector<FieldError>> parse_job_request(const nlohma
     }
   }
 
-  if (auto it = body.find("priority"); it != body.end()) {
-    if (!it->is_number_integer()) {
-      errors.push_back({prefix + "/priority", "must be an integer, not " + type_name(*it)});
-    } else if (it->is_number_unsigned() ? it->get<std::uint64_t>() > static_cast<std::uint64_t>(kMaxPriority)
-                                        : (it->get<std::int64_t>() < kMinPriority || it->get<std::int64_t>() > kMaxPriority)) {
-      errors.push_back({prefix + "/priority", "must be between " + std::to_string(kMinPriority) + " and " +
-                                                  std::to_string(kMaxPriority)});
-    } else {
-      request.priority = static_cast<int>(it->get<std::int64_t>());
-    }
+  if (auto priority = integer_field(body, "priority", kMinPriority, kMaxPriority, prefix, errors)) {
+    request.priority = static_cast<int>(*priority);
   }
-
-  request.timeout_ms = limits.default_timeout_ms;
-  if (auto it = body.find("timeout_ms"); it != body.end()) {
-    if (!it->is_number_integer()) {
-      errors.push_back({prefix + "/timeout_ms", "must be an integer, not " + type_name(*it)});
-    } else if (it->is_number_unsigned() ? (it->get<std::uint64_t>() < 1 ||
-                                           it->get<std::uint64_t>() > static_cast<std::uint64_t>(limits.max_timeout_ms))
-                                        : (it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > limits.max_timeout_ms)) {
-      errors.push_back({prefix + "/timeout_ms", "must be between 1 and " + std::to_string(limits.max_timeout_ms)});
-    } else {
-      request.timeout_ms = it->get<std::int64_t>();
-    }
+  request.timeout_ms = integer_field(body, "timeout_ms", 1, limits.max_timeout_ms, prefix, errors)
+                           .value_or(limits.default_timeout_ms);
+  if (auto attempts = integer_field(body, "max_attempts", 1, kMaxAttempts, prefix, errors)) {
+    request.max_attempts = static_cast<int>(*attempts);
   }
 
   if (request.type != nullptr) {

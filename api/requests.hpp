@@ -34,10 +34,12 @@ struct JobRequest {
   Model model = Model::thread;  ///< resolved: "auto" became the type's kind
   int priority = 0;
   std::int64_t timeout_ms = 0;
+  int max_attempts = 1;
 };
 
 inline constexpr int kMinPriority = -1000;
 inline constexpr int kMaxPriority = 1000;
+inline constexpr int kMaxAttempts = 100;
 
 /// Parses a JSON request body: 400 invalid_json for malformed JSON, invalid UTF-8 or nesting
 /// deeper than limits.max_json_depth.

@@ -218,7 +218,7 @@ boost::asio::awaitable<Response> Router::dispatch(Request& request, const RouteM
       if (is_get) co_return list_jobs(query);
       co_return co_await post_job(request);
     case RouteId::jobs_batch:
-      co_return post_batch(request);
+      co_return co_await post_batch(request);
     case RouteId::job:
       if (is_get) co_return co_await get_job(route.job_id, query);
       co_return co_await delete_job(route.job_id);
@@ -267,6 +267,10 @@ Response refusal(const SubmitResult& result) {
       problem = make_problem(503, "workers_unavailable", result.detail);
       problem.headers.emplace_back("Retry-After", std::to_string(result.retry_after_s));
       break;
+    case SubmitResult::Kind::store_unavailable:
+      problem = make_problem(503, "store_unavailable", result.detail);
+      problem.headers.emplace_back("Retry-After", std::to_string(result.retry_after_s));
+      break;
     default:
       problem = make_problem(503, "draining", result.detail);
       problem.headers.emplace_back("Retry-After", std::to_string(result.retry_after_s));
@@ -288,7 +292,7 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
   }
   std::vector<JobRequest> requests;
   requests.push_back(std::move(std::get<JobRequest>(parsed)));
-  SubmitResult result = service_.submit(std::move(requests), key, fingerprint("job:", body));
+  SubmitResult result = co_await service_.submit(std::move(requests), key, fingerprint("job:", body));
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
     co_return refusal(result);
   }
@@ -305,15 +309,15 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
   co_return accepted_or_done(job, replay);
 }
 
-Response Router::post_batch(const Request& request) {
+boost::asio::awaitable<Response> Router::post_batch(const Request& request) {
   nlohmann::json body;
-  if (auto problem = read_json_body(request, options_.limits, body)) return *problem;
+  if (auto problem = read_json_body(request, options_.limits, body)) co_return *problem;
   std::optional<std::string> key;
-  if (auto problem = read_idempotency_key(request, key)) return *problem;
+  if (auto problem = read_idempotency_key(request, key)) co_return *problem;
 
   std::vector<workers::FieldError> errors;
   if (!body.is_object()) {
-    return to_response(validation_problem({{"", "must be an object with a \"jobs\" array"}}));
+    co_return to_response(validation_problem({{"", "must be an object with a \"jobs\" array"}}));
   }
   for (const auto& [name, value] : body.items()) {
     if (name != "jobs") errors.push_back({(nlohmann::json::json_pointer() / name).to_string(), "unknown field"});
@@ -347,10 +351,12 @@ Response Router::post_batch(const Request& request) {
                                      std::to_string(options_.limits.queue_limit) + ")"});
     }
   }
-  if (!errors.empty()) return to_response(validation_problem(std::move(errors)));
+  if (!errors.empty()) co_return to_response(validation_problem(std::move(errors)));
 
-  SubmitResult result = service_.submit(std::move(requests), key, fingerprint("batch:", body));
-  if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) return refusal(result);
+  SubmitResult result = co_await service_.submit(std::move(requests), key, fingerprint("batch:", body));
+  if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
+    co_return refusal(result);
+  }
   nlohmann::json jobs = nlohmann::json::array();
   bool all_terminal = true;
   for (const auto& job : result.jobs) {
@@ -358,7 +364,7 @@ Response Router::post_batch(const Request& request) {
     jobs.push_back(to_json(job));
   }
   const bool replay = result.kind == SubmitResult::Kind::replayed;
-  return json_response(replay && all_terminal ? 200 : 202, {{"jobs", std::move(jobs)}});
+  co_return json_response(replay && all_terminal ? 200 : 202, {{"jobs", std::move(jobs)}});
 }
 
 boost::asio::awaitable<Response> Router::get_job(const std::string& id, std::string_view query) {

@@ -50,7 +50,7 @@ class Router {
  private:
   boost::asio::awaitable<Response> dispatch(Request& request, const RouteMatch& route, std::string_view query);
   boost::asio::awaitable<Response> post_job(const Request& request);
-  Response post_batch(const Request& request);
+  boost::asio::awaitable<Response> post_batch(const Request& request);
   boost::asio::awaitable<Response> get_job(const std::string& id, std::string_view query);
   boost::asio::awaitable<Response> delete_job(const std::string& id);
   Response list_jobs(std::string_view query);

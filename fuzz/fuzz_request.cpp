@@ -156,8 +156,14 @@ class MapJobService final : public api::JobService {
   MapJobService(const workers::Catalogue& catalogue, const Scenario& scenario, const api::RequestLimits& limits)
       : catalogue_(catalogue), scenario_(scenario), limits_(limits) {}
 
-  api::SubmitResult submit(std::vector<api::JobRequest> requests, const std::optional<std::string>& key,
-                           const std::string& fingerprint) override {
+  boost::asio::awaitable<api::SubmitResult> submit(std::vector<api::JobRequest> requests,
+                                                   const std::optional<std::string>& key,
+                                                   const std::string& fingerprint) override {
+    co_return submit_now(std::move(requests), key, fingerprint);
+  }
+
+  api::SubmitResult submit_now(std::vector<api::JobRequest> requests, const std::optional<std::string>& key,
+                               const std::string& fingerprint) {
     FUZZ_CHECK(!requests.empty());
     FUZZ_CHECK(requests.size() <= limits_.max_batch);
     for (const auto& r : requests) check_job_request(r);

@@ -24,6 +24,7 @@
 #include "server/job_store.hpp"
 #include "server/log.hpp"
 #include "server/metrics.hpp"
+#include "server/sqlite_store.hpp"
 
 namespace switchyard::server {
 
@@ -46,6 +47,12 @@ std::string format_endpoint(const asio::ip::tcp::endpoint& endpoint) {
   return host + ":" + std::to_string(endpoint.port());
 }
 
+/// The job store the configuration names.
+std::unique_ptr<JobStore> open_store(const Config& config) {
+  if (config.store == "memory") return std::make_unique<MemoryJobStore>(config.retain_jobs);
+  return std::make_unique<SqliteJobStore>(config.data_dir, config.retain_jobs);
+}
+
 }  // namespace
 
 int run_server(const Config& config) {
@@ -62,8 +69,15 @@ int run_server(const Config& config) {
   builtin.http_max_timeout_ms = static_cast<int>(std::min<std::int64_t>(config.max_timeout_ms, 1 << 30));
   const workers::Catalogue catalogue = workers::make_builtin_catalogue(builtin);
 
+  std::unique_ptr<JobStore> store;
+  try {
+    store = open_store(config);
+  } catch (const StoreError& e) {
+    log::event(spdlog::level::critical, "cannot open the job store", {{"store", config.store}, {"error", e.what()}});
+    return 1;
+  }
   Metrics metrics(catalogue);
-  Dispatcher dispatcher(context, config, catalogue, metrics, std::make_unique<MemoryJobStore>(config.retain_jobs));
+  Dispatcher dispatcher(context, config, catalogue, metrics, std::move(store));
 
   api::RouterOptions router_options;
   router_options.limits.default_timeout_ms = config.default_timeout_ms;
@@ -96,7 +110,7 @@ int run_server(const Config& config) {
   log::event(spdlog::level::info, "listening",
              {{"address", format_endpoint(endpoint)}, {"io_threads", config.io_threads},
               {"process_workers", config.process_workers}, {"diagnostics", config.diagnostics},
-              {"auth", config.tokens.empty() ? "off" : "bearer"}});
+              {"auth", config.tokens.empty() ? "off" : "bearer"}, {"store", config.store}});
 
   asio::signal_set signals(context, SIGTERM, SIGINT);
   signals.async_wait([&](const boost::system::error_code& error, int signal_number) {

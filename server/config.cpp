@@ -159,9 +159,15 @@ void add_serve_options(CLI::App& app, Config& c) {
   app.add_flag("--diagnostic-fail-worker-boot", c.diagnostic_fail_worker_boot,
                "diagnostic (needs --diagnostics): every worker exits before it is ready, to test boot-failure handling")
       ->envname(env("DIAGNOSTIC_FAIL_WORKER_BOOT"))->group("");
-  app.add_option("--store", c.store, "job store: memory (durable stores: see the README)")
-      ->envname(env("STORE"))->check(CLI::IsMember({"memory"}))->capture_default_str();
-  app.add_option("--data-dir", c.data_dir, "data directory of durable stores")->envname(env("DATA_DIR"))->capture_default_str();
+  app.add_option("--result-ttl-s", c.result_ttl_s,
+                 "delete a finished job this many seconds after it finished (0 = keep; --retain-jobs bounds both)")
+      ->envname(env("RESULT_TTL_S"))->check(CLI::Range(0.0, 10.0 * 365 * 86400))->capture_default_str();
+  app.add_option("--store", c.store,
+                 "job store: sqlite (durable, in --data-dir) or memory (jobs are lost on restart)")
+      ->envname(env("STORE"))->check(CLI::IsMember({"sqlite", "memory"}))->capture_default_str();
+  app.add_option("--data-dir", c.data_dir, "data directory of the sqlite store")
+      ->envname(env("DATA_DIR"))->capture_default_str()
+      ->check([](const std::string& dir) { return dir.empty() ? std::string("must not be empty") : std::string(); });
   app.add_option("--database-url", c.database_url, "PostgreSQL connection URI (store postgres)")->envname(env("DATABASE_URL"));
 }
 

@@ -44,7 +44,8 @@ struct Config {
   std::size_t worker_cpu_seconds = 0;      ///< CPU seconds one process-model job may use; 0 = no limit
   bool worker_sandbox = true;              ///< seccomp: jobs in workers cannot fork or exec
   bool diagnostic_fail_worker_boot = false;  ///< diagnostic: every worker fails before hello
-  std::string store = "memory";
+  double result_ttl_s = 86400;             ///< finished jobs are deleted this long after they finish; 0 = never
+  std::string store = "sqlite";
   std::string data_dir = "./data";
   std::string database_url;
 

@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -93,7 +95,8 @@ std::pair<JobStatus, std::optional<api::JobError>> classify(const workers::RunRe
 
 Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const workers::Catalogue& catalogue,
                        Metrics& metrics, std::unique_ptr<JobStore> store)
-    : config_(config),
+    : context_(context),
+      config_(config),
       catalogue_(catalogue),
       metrics_(metrics),
       threads_(context, thread_options(config), *this),
@@ -102,7 +105,103 @@ Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const wo
 
 Dispatcher::~Dispatcher() = default;
 
-void Dispatcher::start() { processes_.start(); }
+void Dispatcher::start() {
+  processes_.start();
+  recover();
+  if (config_.result_ttl_s > 0) asio::co_spawn(context_, expire_loop(), asio::detached);
+}
+
+void Dispatcher::recover() {
+  const auto unfinished = store_->take_unfinished();
+  if (unfinished.empty()) return;
+  std::size_t requeued = 0, interrupted = 0, unknown = 0;
+  Runs runs;
+  {
+    std::lock_guard lock(mutex_);
+    const auto steady_now = SteadyClock::now();
+    for (const auto& id : unfinished) {
+      const auto* job = store_->find(id);
+      const auto frame_id = workers::parse_uuid(id);
+      if (job == nullptr || !frame_id) continue;
+      const auto* type = catalogue_.find(job->type);
+      std::optional<api::JobError> error;
+      if (type == nullptr) {
+        ++unknown;
+        error = api::JobError{"unknown_job_type", "job type '" + job->type +
+                                                      "' is not in this server's catalogue (diagnostic types need "
+                                                      "--diagnostics)"};
+      } else if (job->status == JobStatus::running && job->attempts >= job->max_attempts) {
+        ++interrupted;
+        error = api::JobError{"interrupted", "the server stopped while the job ran (attempt " +
+                                                 std::to_string(job->attempts) + " of " +
+                                                 std::to_string(job->max_attempts) + ")"};
+      }
+      if (error) {
+        // It never becomes active in this process: record its end directly.
+        store_->update(id, [&error](api::Job& j) {
+          j.status = JobStatus::failed;
+          j.error = std::move(error);
+          j.finished_at = std::chrono::system_clock::now();
+        });
+        store_->retire(id);
+        continue;
+      }
+      auto run = std::make_shared<workers::Execution>(*frame_id, *type, job->input, job->priority,
+                                                      std::chrono::milliseconds(job->timeout_ms));
+      active_.emplace(id, Active{run, job->model, steady_now, std::nullopt});
+      counters_[static_cast<std::size_t>(model_index(job->model))].submitted.fetch_add(1);
+      store_->update(id, [](api::Job& j) { j.status = JobStatus::queued; });
+      runs.emplace_back(std::move(run), job->model);
+      ++requeued;
+    }
+  }
+  dispatch(runs);
+  log::event(spdlog::level::info, "jobs recovered from the store",
+             {{"requeued", requeued}, {"failed_interrupted", interrupted}, {"failed_unknown_type", unknown}});
+}
+
+asio::awaitable<void> Dispatcher::expire_loop() {
+  asio::steady_timer timer(context_);
+  const auto ttl = std::chrono::duration_cast<std::chrono::system_clock::duration>(
+      std::chrono::duration<double>(config_.result_ttl_s));
+  for (;;) {
+    timer.expires_after(std::chrono::seconds(1));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    std::lock_guard lock(mutex_);
+    if (draining_) co_return;
+    store_->expire(std::chrono::system_clock::now() - ttl);
+  }
+}
+
+void Dispatcher::leave_for_restart_locked(const std::string& id) {
+  if (active_.erase(id) == 0) return;
+  ++left_for_restart_;
+  if (auto it = waiters_.find(id); it != waiters_.end()) {
+    for (auto& waiter : it->second) waiter->try_send(boost::system::error_code{});
+    waiters_.erase(it);
+  }
+}
+
+std::shared_ptr<workers::Execution> Dispatcher::retry_locked(const std::string& id, const api::JobError& error) {
+  if (draining_ || error.code != "worker_crashed") return nullptr;
+  const auto* job = store_->find(id);
+  auto active = active_.find(id);
+  if (job == nullptr || active == active_.end() || job->attempts >= job->max_attempts) return nullptr;
+  const auto& old = *active->second.run;
+  auto run = std::make_shared<workers::Execution>(old.id(), old.type(), job->input, job->priority,
+                                                  std::chrono::milliseconds(job->timeout_ms));
+  active->second.run = run;
+  active->second.started.reset();
+  store_->update(id, [](api::Job& j) {
+    j.status = JobStatus::queued;
+    j.started_at.reset();
+    j.worker_pid.reset();
+  });
+  log::job(spdlog::level::warn, id, "job interrupted, retrying",
+           {{"error", error.code + ": " + error.message}, {"attempts", job->attempts},
+            {"max_attempts", job->max_attempts}});
+  return run;
+}
 
 std::size_t Dispatcher::queued(Model model) const {
   return model == Model::thread ? threads_.stats().queued : processes_.stats().queued;
@@ -113,85 +212,132 @@ int Dispatcher::retry_after_seconds(Model model) const {
   return static_cast<int>(std::clamp(std::ceil(wait_s), 1.0, 60.0));
 }
 
-api::SubmitResult Dispatcher::submit(std::vector<api::JobRequest> requests,
-                                     const std::optional<std::string>& idempotency_key,
-                                     const std::string& fingerprint) {
+asio::awaitable<api::SubmitResult> Dispatcher::submit(std::vector<api::JobRequest> requests,
+                                                      const std::optional<std::string>& idempotency_key,
+                                                      const std::string& fingerprint) {
+  Runs runs;
   api::SubmitResult result;
-  std::vector<std::shared_ptr<workers::Execution>> runs;
-  std::vector<Model> models;
   {
     std::lock_guard lock(mutex_);
+    result = admit(requests, idempotency_key, fingerprint, runs);
+  }
+  using Kind = api::SubmitResult::Kind;
+  if (result.kind != Kind::accepted && result.kind != Kind::replayed) co_return result;
+  if (store_->durable()) {
+    // A 202 promises the job survives a crash: answer only once the store has it on disk, and
+    // run it only then, so that nothing runs that was not recorded.
+    const bool written = co_await store_durable();
+    std::unique_lock lock(mutex_);
+    if (!written) {
+      std::vector<Finished> ended;
+      for (const auto& [run, model] : runs) {
+        auto finished = finish_locked(run->id_text(), JobStatus::failed, nullptr,
+                                      api::JobError{"store_unavailable", "the job store could not record the job"}, 0,
+                                      std::nullopt);
+        if (finished) ended.push_back(std::move(*finished));
+      }
+      lock.unlock();
+      for (auto& finished : ended) after_finish(std::move(finished));
+      result.kind = Kind::store_unavailable;
+      result.retry_after_s = 5;
+      result.detail = "the job store cannot write (the server log says why); nothing was accepted, retry later";
+      co_return result;
+    }
     if (draining_) {
-      result.kind = api::SubmitResult::Kind::draining;
-      result.detail = "the server is shutting down and accepts no new jobs";
-      return result;
+      // Shutdown began while the commit ran: the jobs are recorded and run at the next start.
+      for (const auto& [run, model] : runs) leave_for_restart_locked(run->id_text());
+      runs.clear();
     }
-    if (idempotency_key) {
-      if (const auto* record = store_->find_key(*idempotency_key)) {
-        if (record->fingerprint != fingerprint) {
-          result.kind = api::SubmitResult::Kind::conflict;
-          result.detail = "this Idempotency-Key was used with a different request body";
-          return result;
-        }
-        result.kind = api::SubmitResult::Kind::replayed;
-        for (const auto& id : record->job_ids) {
-          if (const auto* job = store_->find(id)) result.jobs.push_back(*job);
-        }
+  }  // executors are never called with the mutex held
+  dispatch(runs);
+  co_return result;
+}
+
+api::SubmitResult Dispatcher::admit(std::vector<api::JobRequest>& requests,
+                                    const std::optional<std::string>& idempotency_key, const std::string& fingerprint,
+                                    Runs& runs) {
+  api::SubmitResult result;
+  if (draining_) {
+    result.kind = api::SubmitResult::Kind::draining;
+    result.detail = "the server is shutting down and accepts no new jobs";
+    return result;
+  }
+  if (idempotency_key) {
+    if (const auto* record = store_->find_key(*idempotency_key)) {
+      if (record->fingerprint != fingerprint) {
+        result.kind = api::SubmitResult::Kind::conflict;
+        result.detail = "this Idempotency-Key was used with a different request body";
         return result;
       }
-    }
-    std::array<std::size_t, 2> wanted{};
-    for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
-    if (wanted[static_cast<std::size_t>(model_index(Model::process))] > 0 && processes_.boot_failing()) {
-      // Queueing would only hide the fault: say so, and let the client retry elsewhere or later.
-      result.kind = api::SubmitResult::Kind::unavailable;
-      result.retry_after_s = 10;
-      result.detail = "no worker process is up: workers fail to boot (see the server log); retry later";
+      result.kind = api::SubmitResult::Kind::replayed;
+      for (const auto& id : record->job_ids) {
+        if (const auto* job = store_->find(id)) result.jobs.push_back(*job);
+      }
       return result;
     }
-    for (Model model : {Model::thread, Model::process}) {
-      const auto n = wanted[static_cast<std::size_t>(model_index(model))];
-      if (n > 0 && queued(model) + n > config_.queue_limit) {
-        result.kind = api::SubmitResult::Kind::queue_full;
-        result.retry_after_s = retry_after_seconds(model);
-        result.detail = "the " + std::string(api::to_string(model)) + " queue is full (" +
-                        std::to_string(config_.queue_limit) + " jobs); retry later";
-        return result;
-      }
-    }
-    const auto now = std::chrono::system_clock::now();
-    const auto steady_now = SteadyClock::now();
-    IdempotencyRecord record{fingerprint, {}};
-    for (auto& request : requests) {
-      const auto frame_id = ids_.next();
-      api::Job job;
-      job.id = workers::format_uuid(frame_id);
-      job.type = request.type->name;
-      job.model = request.model;
-      job.priority = request.priority;
-      job.timeout_ms = request.timeout_ms;
-      job.input = std::move(request.input);
-      job.created_at = now;
-      auto run = std::make_shared<workers::Execution>(frame_id, *request.type, job.input, request.priority,
-                                                      std::chrono::milliseconds(request.timeout_ms));
-      active_.emplace(job.id, Active{run, job.model, steady_now, std::nullopt});
-      counters_[static_cast<std::size_t>(model_index(job.model))].submitted.fetch_add(1);
-      record.job_ids.push_back(job.id);
-      result.jobs.push_back(job);
-      store_->insert(std::move(job));
-      runs.push_back(std::move(run));
-      models.push_back(request.model);
-    }
-    if (idempotency_key) store_->remember_key(*idempotency_key, std::move(record));
   }
-  for (std::size_t i = 0; i < runs.size(); ++i) {
-    metrics_.job_submitted(models[i], runs[i]->type().name);
-    log::job(spdlog::level::debug, runs[i]->id_text(), "job accepted",
-             {{"type", runs[i]->type().name}, {"model", api::to_string(models[i])}});
-    if (models[i] == Model::thread) threads_.submit(runs[i]);
-    else processes_.submit(runs[i]);
+  std::array<std::size_t, 2> wanted{};
+  for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
+  if (wanted[static_cast<std::size_t>(model_index(Model::process))] > 0 && processes_.boot_failing()) {
+    // Queueing would only hide the fault: say so, and let the client retry elsewhere or later.
+    result.kind = api::SubmitResult::Kind::unavailable;
+    result.retry_after_s = 10;
+    result.detail = "no worker process is up: workers fail to boot (see the server log); retry later";
+    return result;
   }
+  for (Model model : {Model::thread, Model::process}) {
+    const auto n = wanted[static_cast<std::size_t>(model_index(model))];
+    if (n > 0 && queued(model) + n > config_.queue_limit) {
+      result.kind = api::SubmitResult::Kind::queue_full;
+      result.retry_after_s = retry_after_seconds(model);
+      result.detail = "the " + std::string(api::to_string(model)) + " queue is full (" +
+                      std::to_string(config_.queue_limit) + " jobs); retry later";
+      return result;
+    }
+  }
+  const auto now = std::chrono::system_clock::now();
+  const auto steady_now = SteadyClock::now();
+  IdempotencyRecord record{fingerprint, {}};
+  for (auto& request : requests) {
+    const auto frame_id = ids_.next();
+    api::Job job;
+    job.id = workers::format_uuid(frame_id);
+    job.type = request.type->name;
+    job.model = request.model;
+    job.priority = request.priority;
+    job.timeout_ms = request.timeout_ms;
+    job.max_attempts = request.max_attempts;
+    job.input = std::move(request.input);
+    job.created_at = now;
+    auto run = std::make_shared<workers::Execution>(frame_id, *request.type, job.input, request.priority,
+                                                    std::chrono::milliseconds(request.timeout_ms));
+    active_.emplace(job.id, Active{run, job.model, steady_now, std::nullopt});
+    counters_[static_cast<std::size_t>(model_index(job.model))].submitted.fetch_add(1);
+    metrics_.job_submitted(job.model, job.type);
+    record.job_ids.push_back(job.id);
+    result.jobs.push_back(job);
+    runs.emplace_back(std::move(run), job.model);
+    store_->insert(std::move(job));
+  }
+  if (idempotency_key) store_->remember_key(*idempotency_key, std::move(record));
   return result;
+}
+
+asio::awaitable<bool> Dispatcher::store_durable() {
+  using Signal = asio::experimental::concurrent_channel<void(boost::system::error_code, bool)>;
+  auto signal = std::make_shared<Signal>(co_await asio::this_coro::executor, 1);
+  store_->when_durable([signal](bool written) { signal->try_send(boost::system::error_code{}, written); });
+  const auto [error, written] = co_await signal->async_receive(asio::as_tuple(asio::use_awaitable));
+  co_return !error && written;
+}
+
+void Dispatcher::dispatch(const Runs& runs) {
+  for (const auto& [run, model] : runs) {
+    log::job(spdlog::level::debug, run->id_text(), "job accepted",
+             {{"type", run->type().name}, {"model", api::to_string(model)}});
+    if (model == Model::thread) threads_.submit(run);
+    else processes_.submit(run);
+  }
 }
 
 std::optional<api::Job> Dispatcher::get(const std::string& id) const {
@@ -300,15 +446,26 @@ void Dispatcher::on_started(workers::Execution& run, std::optional<pid_t> pid) {
 
 void Dispatcher::on_finished(workers::Execution& run, workers::RunReport report) {
   std::optional<Finished> finished;
+  std::shared_ptr<workers::Execution> retry;
   {
     std::lock_guard lock(mutex_);
     auto active = active_.find(run.id_text());
-    if (active == active_.end()) return;  // already force-finished at shutdown
+    if (active == active_.end() || active->second.run.get() != &run) return;  // force-finished at shutdown
     const auto [status, error] = classify(report, active->second.model, run.timeout().count());
-    finished = finish_locked(run.id_text(), status, status == JobStatus::succeeded ? std::move(report.outcome.result)
-                                                                                     : nlohmann::json(nullptr),
-                             error, report.cpu_ms, report.worker_pid);
+    if (report.stopped == workers::StopReason::shutdown && status != JobStatus::succeeded && store_->durable()) {
+      // Stopped by the shutdown, not by its own doing: a durable store keeps it for the next start,
+      // which applies the attempt rule.
+      leave_for_restart_locked(run.id_text());
+      return;
+    }
+    if (status == JobStatus::failed && error) retry = retry_locked(run.id_text(), *error);
+    if (!retry) {
+      finished = finish_locked(run.id_text(), status,
+                               status == JobStatus::succeeded ? std::move(report.outcome.result) : nlohmann::json(nullptr),
+                               error, report.cpu_ms, report.worker_pid);
+    }
   }
+  if (retry) processes_.submit(retry);
   if (finished) after_finish(std::move(*finished));
 }
 
@@ -371,11 +528,16 @@ void Dispatcher::after_finish(Finished finished) {
 
 void Dispatcher::cancel_unstarted(const std::vector<std::shared_ptr<workers::Execution>>& runs,
                                   const std::string& code, const std::string& message) {
+  const bool shutdown = code == "shutdown";
   for (const auto& run : runs) {
-    run->request_stop(code == "shutdown" ? workers::StopReason::shutdown : workers::StopReason::cancel);
+    run->request_stop(shutdown ? workers::StopReason::shutdown : workers::StopReason::cancel);
     std::optional<Finished> finished;
     {
       std::lock_guard lock(mutex_);
+      if (shutdown && store_->durable()) {
+        leave_for_restart_locked(run->id_text());  // still queued or running in the store
+        continue;
+      }
       finished = finish_locked(run->id_text(), JobStatus::cancelled, nullptr, api::JobError{code, message}, 0,
                                std::nullopt);
     }
@@ -435,10 +597,16 @@ asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
     accepted += c.submitted.load();
     finished += c.succeeded.load() + c.failed.load() + c.cancelled.load() + c.timed_out.load();
   }
+  std::uint64_t left = 0;
+  {
+    std::lock_guard lock(mutex_);
+    left = left_for_restart_;
+  }
   log::event(spdlog::level::info, "drained",
              {{"workers_left", processes_.stopped() ? 0 : 1},
               {"jobs_accepted", accepted},
-              {"jobs_not_terminal", accepted - finished}});
+              {"jobs_left_for_restart", left},
+              {"jobs_not_terminal", accepted - finished - left}});
 }
 
 std::array<ModelGauges, 2> Dispatcher::gauges() const {

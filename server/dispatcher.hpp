@@ -32,7 +32,8 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
              Metrics& metrics, std::unique_ptr<JobStore> store);
   ~Dispatcher() override;
 
-  /// Starts the worker processes.
+  /// Starts the worker processes, requeues the jobs a durable store kept from the last run, and
+  /// starts expiring finished jobs after their result TTL.
   void start();
 
   /// Shutdown: refuse new jobs, cancel queued ones, give running ones `grace`, then stop them;
@@ -40,8 +41,9 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   boost::asio::awaitable<void> drain(std::chrono::milliseconds grace);
 
   // api::JobService
-  api::SubmitResult submit(std::vector<api::JobRequest> requests, const std::optional<std::string>& idempotency_key,
-                           const std::string& fingerprint) override;
+  boost::asio::awaitable<api::SubmitResult> submit(std::vector<api::JobRequest> requests,
+                                                   const std::optional<std::string>& idempotency_key,
+                                                   const std::string& fingerprint) override;
   [[nodiscard]] std::optional<api::Job> get(const std::string& id) const override;
   boost::asio::awaitable<std::optional<api::Job>> wait(std::string id, std::chrono::milliseconds max_wait) override;
   [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override;
@@ -72,6 +74,25 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
     std::optional<api::JobError> error;
     std::vector<std::shared_ptr<Waiter>> waiters;
   };
+  using Runs = std::vector<std::pair<std::shared_ptr<workers::Execution>, api::Model>>;
+  /// Admits the requests (mutex held): the store records them and `runs` gets their runs.
+  api::SubmitResult admit(std::vector<api::JobRequest>& requests, const std::optional<std::string>& idempotency_key,
+                          const std::string& fingerprint, Runs& runs);
+  /// Completes once the store has every change made so far on disk; false if writing failed.
+  boost::asio::awaitable<bool> store_durable();
+  /// Hands runs to their executors.
+  void dispatch(const Runs& runs);
+  /// Requeues or ends the jobs the store found queued or running from the last run.
+  void recover();
+  /// A job whose worker crashed, with attempts left: back to the queue (mutex held). Returns the
+  /// new run, or nullptr if the job does not qualify.
+  std::shared_ptr<workers::Execution> retry_locked(const std::string& id, const api::JobError& error);
+  /// Durable stores at shutdown: the job stays queued or running in the store, for the next start
+  /// (mutex held). Wakes its waiters.
+  void leave_for_restart_locked(const std::string& id);
+  /// Expires finished jobs past the result TTL, every second until drained.
+  boost::asio::awaitable<void> expire_loop();
+
   /// Moves an active job to a terminal state (mutex held); nullopt if it was not active.
   std::optional<Finished> finish_locked(const std::string& id, api::JobStatus status, nlohmann::json result,
                                         std::optional<api::JobError> error, double cpu_ms, std::optional<int> pid);
@@ -84,6 +105,7 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   [[nodiscard]] int retry_after_seconds(api::Model model) const;
   std::array<ModelGauges, 2> gauges() const;
 
+  boost::asio::io_context& context_;
   const Config& config_;
   const workers::Catalogue& catalogue_;
   Metrics& metrics_;
@@ -103,6 +125,7 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   std::unordered_map<std::string, Active> active_;  // queued or running jobs
   std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
   bool draining_ = false;
+  std::uint64_t left_for_restart_ = 0;  // durable stores: jobs kept unfinished at shutdown
 
   std::array<ModelCounters, 2> counters_;
   std::array<std::atomic<double>, 2> recent_queue_wait_s_{};  // moving average, for Retry-After

@@ -21,24 +21,37 @@ bool MemoryJobStore::update(const std::string& id, const std::function<void(api:
   return true;
 }
 
-std::vector<std::string> MemoryJobStore::retire(const std::string& id) {
+Evicted MemoryJobStore::retire(const std::string& id) {
   finished_order_.push_back(id);
-  std::vector<std::string> evicted;
-  while (finished_order_.size() > retain_terminal_) {
-    std::string victim = std::move(finished_order_.front());
-    finished_order_.pop_front();
-    jobs_.erase(victim);
-    if (auto key = key_of_job_.find(victim); key != key_of_job_.end()) {
-      // The key goes with the first of its jobs to go: a replay must return every job it made.
-      if (auto record = keys_.find(key->second); record != keys_.end()) {
-        for (const auto& other : record->second.job_ids) key_of_job_.erase(other);
-        keys_.erase(record);
-      }
-      key_of_job_.erase(victim);
-    }
-    evicted.push_back(std::move(victim));
+  Evicted evicted;
+  while (finished_order_.size() > retain_terminal_) evict_oldest(evicted);
+  return evicted;
+}
+
+Evicted MemoryJobStore::expire(api::TimePoint cutoff) {
+  Evicted evicted;
+  while (!finished_order_.empty()) {
+    const auto* oldest = find(finished_order_.front());
+    if (oldest != nullptr && oldest->finished_at && *oldest->finished_at >= cutoff) break;
+    evict_oldest(evicted);
   }
   return evicted;
+}
+
+void MemoryJobStore::evict_oldest(Evicted& evicted) {
+  std::string victim = std::move(finished_order_.front());
+  finished_order_.pop_front();
+  jobs_.erase(victim);
+  if (auto key = key_of_job_.find(victim); key != key_of_job_.end()) {
+    // The key goes with the first of its jobs to go: a replay must return every job it made.
+    if (auto record = keys_.find(key->second); record != keys_.end()) {
+      for (const auto& other : record->second.job_ids) key_of_job_.erase(other);
+      evicted.keys.push_back(record->first);
+      keys_.erase(record);
+    }
+    key_of_job_.erase(victim);
+  }
+  evicted.job_ids.push_back(std::move(victim));
 }
 
 api::ListPage MemoryJobStore::list(const api::ListQuery& query) const {

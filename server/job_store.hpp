@@ -21,8 +21,16 @@ struct IdempotencyRecord {
   std::vector<std::string> job_ids;
 };
 
+/// What a retention pass removed: jobs, and the Idempotency-Keys that went with them.
+struct Evicted {
+  std::vector<std::string> job_ids;
+  std::vector<std::string> keys;
+};
+
 /// Where jobs live. The seam for durable stores (SQLite, PostgreSQL): the dispatcher only talks
-/// to this interface. Thread-safety: none; the dispatcher serialises every call.
+/// to this interface. Reads are served from memory in every store; a durable store also writes
+/// each change to disk in the background, in order, and says when it is there (`when_durable`).
+/// Thread-safety: none, except `when_durable`'s callback; the dispatcher serialises every call.
 class JobStore {
  public:
   virtual ~JobStore() = default;
@@ -34,8 +42,10 @@ class JobStore {
   /// Applies `change` to the job; false if it is unknown.
   virtual bool update(const std::string& id, const std::function<void(api::Job&)>& change) = 0;
   /// Records that the job reached a terminal state; evicts the oldest-finished jobs beyond the
-  /// retention bound (never queued or running ones) and returns their ids.
-  virtual std::vector<std::string> retire(const std::string& id) = 0;
+  /// retention bound (never queued or running ones) and says which.
+  virtual Evicted retire(const std::string& id) = 0;
+  /// Evicts finished jobs that finished before `cutoff` (the result TTL) and says which.
+  virtual Evicted expire(api::TimePoint cutoff) = 0;
   /// A page of jobs, newest first.
   [[nodiscard]] virtual api::ListPage list(const api::ListQuery& query) const = 0;
   /// Number of jobs held.
@@ -45,6 +55,15 @@ class JobStore {
   [[nodiscard]] virtual const IdempotencyRecord* find_key(const std::string& key) const = 0;
   /// Remembers a key for as long as any of its jobs is retained.
   virtual void remember_key(const std::string& key, IdempotencyRecord record) = 0;
+
+  /// True if changes survive a restart (then `when_durable` may call back later).
+  [[nodiscard]] virtual bool durable() const { return false; }
+  /// Calls `done(true)` once every change made so far is on disk, `done(false)` if writing them
+  /// failed. May call from another thread; a store that keeps nothing calls at once.
+  virtual void when_durable(std::function<void(bool)> done) { done(true); }
+  /// The queued and running jobs found when the store was opened (empty for a new store); the
+  /// dispatcher requeues or ends them. Taken once.
+  virtual std::vector<std::string> take_unfinished() { return {}; }
 };
 
 /// Jobs in memory, ordered by id (ids are time-ordered UUIDv7), with a bound on finished jobs.
@@ -55,13 +74,17 @@ class MemoryJobStore final : public JobStore {
   void insert(api::Job job) override;
   [[nodiscard]] const api::Job* find(const std::string& id) const override;
   bool update(const std::string& id, const std::function<void(api::Job&)>& change) override;
-  std::vector<std::string> retire(const std::string& id) override;
+  Evicted retire(const std::string& id) override;
+  Evicted expire(api::TimePoint cutoff) override;
   [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override;
   [[nodiscard]] std::size_t size() const override { return jobs_.size(); }
   [[nodiscard]] const IdempotencyRecord* find_key(const std::string& key) const override;
   void remember_key(const std::string& key, IdempotencyRecord record) override;
 
  private:
+  /// Removes the oldest-finished job, and its key with the key's other jobs' links.
+  void evict_oldest(Evicted& evicted);
+
   std::size_t retain_terminal_;
   std::map<std::string, api::Job> jobs_;        // by id: creation order
   std::deque<std::string> finished_order_;      // terminal jobs, oldest-finished first

@@ -49,8 +49,10 @@ def _assert_no_worker_survives(server):
 
 
 def test_sigterm_drains(server_factory):
+    """The in-memory store: queued jobs are cancelled at shutdown (nothing would run them later).
+    The durable store keeps them instead: test_durability.py."""
     grace_ms = 5000
-    s = server_factory("--process-workers", "1", "--drain-grace-ms", str(grace_ms))
+    s = server_factory("--process-workers", "1", "--drain-grace-ms", str(grace_ms), "--store", "memory")
     s.wait_pool(1)
     sleeper = s.submit_ok("sleep", {"ms": 2000})
     burner = s.submit_ok("burn", {"ms": 800})

@@ -25,6 +25,23 @@ TEST_CASE("defaults follow API.md") {
   CHECK(c.max_body_bytes == 1048576);
   CHECK_FALSE(c.diagnostics);
   CHECK(c.log_format == "text");
+  CHECK(c.store == "sqlite");
+  CHECK(c.data_dir == "./data");
+  CHECK(c.result_ttl_s == 86400);
+}
+
+TEST_CASE("the store is chosen by flag or environment") {
+  ::setenv("SWITCHYARD_STORE", "memory", 1);
+  ::setenv("SWITCHYARD_DATA_DIR", "/var/lib/x", 1);
+  auto from_env = parse({});
+  REQUIRE(std::holds_alternative<ServeCommand>(from_env));
+  CHECK(std::get<ServeCommand>(from_env).config.store == "memory");
+  CHECK(std::get<ServeCommand>(from_env).config.data_dir == "/var/lib/x");
+  auto flag_wins = parse({"--store", "sqlite", "--result-ttl-s", "0.5"});
+  CHECK(std::get<ServeCommand>(flag_wins).config.store == "sqlite");
+  CHECK(std::get<ServeCommand>(flag_wins).config.result_ttl_s == 0.5);
+  ::unsetenv("SWITCHYARD_STORE");
+  ::unsetenv("SWITCHYARD_DATA_DIR");
 }
 
 TEST_CASE("environment variables apply and flags win over them") {
@@ -45,6 +62,9 @@ TEST_CASE("bad values are usage errors, not crashes") {
                                                           {"--listen", "nonsense"},
                                                           {"--listen", "127.0.0.1:99999"},
                                                           {"--log-format", "xml"},
+                                                          {"--store", "redis"},
+                                                          {"--data-dir", ""},
+                                                          {"--result-ttl-s", "-1"},
                                                           {"--no-such-flag"},
                                                           {"--http-allow", "10.0.0.0/99"},
                                                           {"--default-timeout-ms", "5000", "--max-timeout-ms", "10"}}) {

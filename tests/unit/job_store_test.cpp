@@ -34,8 +34,8 @@ TEST_CASE("retention evicts the oldest-finished terminal jobs, never active ones
   CHECK(store.size() == 5);
   store.update(ids[1], [](api::Job& job) { job.status = JobStatus::succeeded; });
   const auto evicted = store.retire(ids[1]);
-  REQUIRE(evicted.size() == 1);
-  CHECK(evicted[0] == ids[3]);  // finished first, though created later
+  REQUIRE(evicted.job_ids.size() == 1);
+  CHECK(evicted.job_ids[0] == ids[3]);  // finished first, though created later
   CHECK(store.find(ids[3]) == nullptr);
   CHECK(store.find(ids[0]) != nullptr);
   CHECK(store.find(ids[2]) != nullptr);  // still queued: never evicted
