@@ -50,7 +50,7 @@ std::string format_endpoint(const asio::ip::tcp::endpoint& endpoint) {
 /// The job store the configuration names.
 std::unique_ptr<JobStore> open_store(const Config& config) {
   if (config.store == "memory") return std::make_unique<MemoryJobStore>(config.retain_jobs);
-  return std::make_unique<SqliteJobStore>(config.data_dir, config.retain_jobs);
+  return std::make_unique<SqliteJobStore>(config.data_dir, config.retain_jobs, config.sqlite_sync == "full");
 }
 
 }  // namespace

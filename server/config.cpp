@@ -168,6 +168,10 @@ void add_serve_options(CLI::App& app, Config& c) {
   app.add_option("--data-dir", c.data_dir, "data directory of the sqlite store")
       ->envname(env("DATA_DIR"))->capture_default_str()
       ->check([](const std::string& dir) { return dir.empty() ? std::string("must not be empty") : std::string(); });
+  app.add_option("--sqlite-sync", c.sqlite_sync,
+                 "full: each commit is fsynced before the 202 (survives power loss); normal: survives a crash "
+                 "or kill -9 of the server, not of the machine")
+      ->envname(env("SQLITE_SYNC"))->check(CLI::IsMember({"full", "normal"}))->capture_default_str();
   app.add_option("--database-url", c.database_url, "PostgreSQL connection URI (store postgres)")->envname(env("DATABASE_URL"));
 }
 

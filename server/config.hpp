@@ -47,6 +47,7 @@ struct Config {
   double result_ttl_s = 86400;             ///< finished jobs are deleted this long after they finish; 0 = never
   std::string store = "sqlite";
   std::string data_dir = "./data";
+  std::string sqlite_sync = "full";       ///< full: fsync per commit; normal: survives a server crash, not power loss
   std::string database_url;
 
   std::vector<std::string> tokens;         ///< loaded from tokens_file

@@ -37,7 +37,9 @@ class SqliteJobStore final : public JobStore {
   /// Opens or creates `<data_dir>/switchyard.db`, applies schema migrations and loads the jobs.
   /// Throws StoreError if the directory is unusable, locked by another server, or the file is not
   /// a Switchyard database (or one from a newer version).
-  SqliteJobStore(const std::filesystem::path& data_dir, std::size_t retain_terminal);
+  /// `full_sync`: fsync every commit (synchronous=FULL); else synchronous=NORMAL, which in WAL
+  /// mode survives a crash of the process but may lose the last commits to a power loss.
+  SqliteJobStore(const std::filesystem::path& data_dir, std::size_t retain_terminal, bool full_sync = true);
   /// Commits what is queued, then closes the database.
   ~SqliteJobStore() override;
 
@@ -71,7 +73,7 @@ class SqliteJobStore final : public JobStore {
   struct PutKey { std::string key; IdempotencyRecord record; };
   using Change = std::variant<PutJob, DropJobs, PutKey>;
 
-  void open_database();
+  void open_database(bool full_sync);
   void migrate();
   void load();
   void enqueue(Change change);

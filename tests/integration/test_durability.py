@@ -245,3 +245,18 @@ def test_memory_store_keeps_nothing_across_restarts(server_factory, data_dir):
     assert not os.path.exists(os.path.join(data_dir, "switchyard.db"))
     s2 = server_factory(*flags)
     sy.assert_problem(s2.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+
+
+def test_sqlite_sync_normal_survives_kill9(server_factory, data_dir):
+    """--sqlite-sync normal skips the fsync per commit; WAL still survives the server's own crash."""
+    flags = ("--data-dir", data_dir, "--sqlite-sync", "normal", "--process-workers", "1")
+    s = server_factory(*flags)
+    ids = _submit_batch(s, [{"type": "burn", "input": {"ms": 200}}] * 50)
+    done = s.wait_job(s.submit_ok("noop", model="thread")["id"])
+    os.kill(s.pid, signal.SIGKILL)
+    s.wait_exit(10)
+    s2 = server_factory(*flags)
+    jobs = _all_jobs(s2)
+    assert set(ids) | {done["id"]} == set(jobs), "jobs lost with --sqlite-sync normal"
+    assert jobs[done["id"]]["status"] == "succeeded"
+    s2.request("DELETE", f"/v1/jobs/{ids[-1]}")

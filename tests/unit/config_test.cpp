@@ -28,6 +28,7 @@ TEST_CASE("defaults follow API.md") {
   CHECK(c.store == "sqlite");
   CHECK(c.data_dir == "./data");
   CHECK(c.result_ttl_s == 86400);
+  CHECK(c.sqlite_sync == "full");
 }
 
 TEST_CASE("the store is chosen by flag or environment") {
@@ -63,6 +64,7 @@ TEST_CASE("bad values are usage errors, not crashes") {
                                                           {"--listen", "127.0.0.1:99999"},
                                                           {"--log-format", "xml"},
                                                           {"--store", "redis"},
+                                                          {"--sqlite-sync", "off"},
                                                           {"--data-dir", ""},
                                                           {"--result-ttl-s", "-1"},
                                                           {"--no-such-flag"},
