@@ -440,6 +440,11 @@ class Server:
             return int(m.group(2))
         return None
 
+    @property
+    def cwd(self):
+        """The server's working directory (its default ./data lives there); removed at kill()."""
+        return self._cwd
+
     def log_tail(self, n=40):
         return ("--- stderr ---\n" + "\n".join(self.stderr_lines[-n:]) +
                 "\n--- stdout ---\n" + "\n".join(self.stdout_lines[-n:]))

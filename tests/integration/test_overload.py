@@ -249,7 +249,14 @@ def test_sigterm_in_the_middle_of_load(server_factory):
     finished = [e for e in events if e.get("msg") == "job finished"]
     finished_ids = {e["job_id"] for e in finished if e.get("status") in sy.TERMINAL}
     missing = [j for j, _, _ in accepted if j not in finished_ids]
-    assert not missing, f"{len(missing)} accepted jobs never finished: {missing[:5]}"
+    # The durable store keeps jobs that had not finished for the next start: exactly those the
+    # log counted, and a restart on the same data finishes them.
+    left = drained[-1]["jobs_left_for_restart"]
+    assert len(missing) <= left, f"{len(missing)} accepted jobs never finished: {missing[:5]}"
+    if missing:
+        s2 = server_factory("--process-workers", str(WORKERS), "--data-dir", os.path.join(s.cwd, "data"))
+        for job_id in missing:
+            assert s2.wait_job(job_id, timeout=30)["status"] in sy.TERMINAL
     # No orphan and no zombie.
     sy.wait_until(lambda: all(sy.identity_state(i) == "gone" for i in s.known_workers), 5,
                   message="no worker left alive or zombie")
