@@ -77,6 +77,9 @@ int run_server(const Config& config) {
     return 1;
   }
   Metrics metrics(catalogue);
+  store->observe_commits([&metrics](double seconds, std::size_t changes, bool ok) {
+    metrics.store_committed(seconds, changes, ok);
+  });
   Dispatcher dispatcher(context, config, catalogue, metrics, std::move(store));
 
   api::RouterOptions router_options;

@@ -64,6 +64,9 @@ class JobStore {
   /// The queued and running jobs found when the store was opened (empty for a new store); the
   /// dispatcher requeues or ends them. Taken once.
   virtual std::vector<std::string> take_unfinished() { return {}; }
+  /// Durable stores call `observer(seconds, changes, ok)` after each transaction, from their
+  /// writer thread; for metrics.
+  virtual void observe_commits(std::function<void(double, std::size_t, bool)> /*observer*/) {}
 };
 
 /// Jobs in memory, ordered by id (ids are time-ordered UUIDv7), with a bound on finished jobs.

@@ -39,6 +39,12 @@ const prometheus::Histogram::BucketBoundaries& http_buckets() {
   return kBuckets;
 }
 
+const prometheus::Histogram::BucketBoundaries& store_buckets() {
+  static const prometheus::Histogram::BucketBoundaries kBuckets = {
+      0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+  return kBuckets;
+}
+
 double seconds_since_boot_of_process_start() {
   // Field 22 of /proc/self/stat is the start time in clock ticks after boot.
   std::ifstream stat("/proc/self/stat");
@@ -109,6 +115,11 @@ Metrics::Metrics(const workers::Catalogue& catalogue)
       throughput_(BuildGauge().Name("switchyard_throughput_jobs_per_second").Help("Completed jobs per second over a sliding window.").Register(*registry_)),
       http_requests_(BuildCounter().Name("switchyard_http_requests_total").Help("HTTP requests by method, route template and status code.").Register(*registry_)),
       http_duration_(BuildHistogram().Name("switchyard_http_request_duration_seconds").Help("HTTP request handling time by route template.").Register(*registry_)),
+      store_commit_seconds_(BuildHistogram().Name("switchyard_store_commit_seconds").Help("Time of one durable store transaction (a group commit), fsync included.").Register(*registry_).Add({}, store_buckets())),
+      store_changes_(BuildCounter().Name("switchyard_store_changes_total").Help("Job and key changes written by the durable store.").Register(*registry_).Add({})),
+      store_commits_(BuildCounter().Name("switchyard_store_commits_total").Help("Durable store transactions by result (ok, error).").Register(*registry_)),
+      store_commits_ok_(store_commits_.Add({{"result", "ok"}})),
+      store_commits_failed_(store_commits_.Add({{"result", "error"}})),
       process_cpu_(BuildCounter().Name("process_cpu_seconds_total").Help("Total user and system CPU time spent in seconds.").Register(*registry_).Add({})),
       process_rss_(BuildGauge().Name("process_resident_memory_bytes").Help("Resident memory size in bytes.").Register(*registry_).Add({})),
       process_fds_(BuildGauge().Name("process_open_fds").Help("Number of open file descriptors.").Register(*registry_).Add({})),
@@ -167,6 +178,16 @@ void Metrics::job_completed(api::Model model, const std::string& type, api::JobS
 
 void Metrics::worker_restarted(workers::RestartReason reason) {
   restarts_by_reason_[static_cast<std::size_t>(reason)]->Increment();
+}
+
+void Metrics::store_committed(double seconds, std::size_t changes, bool ok) {
+  store_commit_seconds_.Observe(seconds);
+  if (ok) {
+    store_commits_ok_.Increment();
+    store_changes_.Increment(static_cast<double>(changes));
+  } else {
+    store_commits_failed_.Increment();
+  }
 }
 
 void Metrics::http_request(const std::string& method, const std::string& route, int code, double seconds) {

@@ -56,6 +56,8 @@ class Metrics {
                      double cpu_seconds);
   void worker_restarted(workers::RestartReason reason);
   void http_request(const std::string& method, const std::string& route, int code, double seconds);
+  /// A durable store's transaction: how long it took (fsync included), the changes it wrote, whether it committed.
+  void store_committed(double seconds, std::size_t changes, bool ok);
 
   /// Completed jobs per second for `model` over the last `seconds`.
   [[nodiscard]] double throughput(api::Model model, int seconds) const;
@@ -87,6 +89,11 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& throughput_;
   prometheus::Family<prometheus::Counter>& http_requests_;
   prometheus::Family<prometheus::Histogram>& http_duration_;
+  prometheus::Histogram& store_commit_seconds_;
+  prometheus::Counter& store_changes_;
+  prometheus::Family<prometheus::Counter>& store_commits_;
+  prometheus::Counter& store_commits_ok_;
+  prometheus::Counter& store_commits_failed_;
   prometheus::Counter& process_cpu_;
   prometheus::Gauge& process_rss_;
   prometheus::Gauge& process_fds_;

@@ -350,6 +350,11 @@ void SqliteJobStore::when_durable(std::function<void(bool)> done) {
 
 std::vector<std::string> SqliteJobStore::take_unfinished() { return std::exchange(unfinished_, {}); }
 
+void SqliteJobStore::observe_commits(std::function<void(double, std::size_t, bool)> observer) {
+  std::lock_guard lock(queue_mutex_);
+  observer_ = std::move(observer);
+}
+
 std::uint64_t SqliteJobStore::commits() const {
   std::lock_guard lock(queue_mutex_);
   return commits_;
@@ -363,9 +368,14 @@ void SqliteJobStore::writer_loop() {
     // Everything queued so far goes in one transaction: the group commit.
     auto batch = std::exchange(pending_, {});
     auto waiters = std::exchange(waiting_, {});
+    auto observer = observer_;
     lock.unlock();
+    const auto started = std::chrono::steady_clock::now();
     const bool ok = batch.empty() || commit(batch);
     for (auto& done : waiters) done(ok);
+    if (observer && !batch.empty()) {
+      observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), batch.size(), ok);
+    }
     lock.lock();
     if (ok) {
       if (!batch.empty()) ++commits_;

@@ -61,6 +61,7 @@ class SqliteJobStore final : public JobStore {
   [[nodiscard]] bool durable() const override { return true; }
   void when_durable(std::function<void(bool)> done) override;
   std::vector<std::string> take_unfinished() override;
+  void observe_commits(std::function<void(double, std::size_t, bool)> observer) override;
 
   /// The database file.
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
@@ -93,6 +94,7 @@ class SqliteJobStore final : public JobStore {
   std::condition_variable queue_changed_;
   std::vector<Change> pending_;
   std::vector<std::function<void(bool)>> waiting_;
+  std::function<void(double, std::size_t, bool)> observer_;
   std::uint64_t commits_ = 0;
   bool failed_ = false;  // a commit failed: later waiters are told so until one succeeds
   bool stopping_ = false;

@@ -707,6 +707,18 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warning, job: switchyard}
       - {eval_time: 6m, alertname: SwitchyardTargetDown, exp_alerts: []}
+
+  - interval: 1m
+    input_series:
+      - series: 'switchyard_store_commits_total{job="switchyard", instance="sy:8080", result="error"}'
+        values: '0x5 0 1 2 3 3 3 3 3 3 3 3 3 3 3 3'
+    alert_rule_test:
+      - {eval_time: 5m, alertname: SwitchyardStoreWriteErrors, exp_alerts: []}
+      - eval_time: 8m
+        alertname: SwitchyardStoreWriteErrors
+        exp_alerts:
+          - exp_labels: {severity: critical, job: switchyard, instance: "sy:8080"}
+      - {eval_time: 16m, alertname: SwitchyardStoreWriteErrors, exp_alerts: []}
 """
 
 

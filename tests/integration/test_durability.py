@@ -260,3 +260,17 @@ def test_sqlite_sync_normal_survives_kill9(server_factory, data_dir):
     assert set(ids) | {done["id"]} == set(jobs), "jobs lost with --sqlite-sync normal"
     assert jobs[done["id"]]["status"] == "succeeded"
     s2.request("DELETE", f"/v1/jobs/{ids[-1]}")
+
+
+def test_store_metrics(server_factory, data_dir):
+    s = server_factory("--data-dir", data_dir)
+    ids = _submit_batch(s, [{"type": "noop", "model": "thread"}] * 20)
+    for i in ids:
+        s.wait_job(i)
+    samples, _ = s.metrics()
+    commits = sy.metric_sum(samples, "switchyard_store_commits_total", result="ok")
+    assert commits >= 1
+    assert sy.metric_sum(samples, "switchyard_store_commits_total", result="error") == 0
+    assert sy.metric_sum(samples, "switchyard_store_commit_seconds_count") == commits
+    # 20 inserts, 20 starts, 20 ends at least, fewer when a batch carries several states of one job.
+    assert sy.metric_sum(samples, "switchyard_store_changes_total") >= 20
