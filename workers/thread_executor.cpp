@@ -134,6 +134,10 @@ void ThreadExecutor::finished(Execution& run, RunReport report, bool blocking) {
     if (blocking) --blocking_running_;
     running_.erase(&run);
     while (!closed_ && !queue_.empty()) {
+      // Stop before scanning when nothing queued can start: a full pool, or only blocking runs
+      // waiting while every blocking slot is taken. (Scanning then cost O(queue) per finished run.)
+      if (running_.size() >= options_.concurrency) break;
+      if (blocking_running_ >= options_.blocking_slots && queued_blocking_ == queue_.size()) break;
       auto next = unqueued(queue_.pop_first([this](const auto& candidate) { return can_start(*candidate); }));
       if (!next) break;
       reserve(*next);
