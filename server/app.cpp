@@ -59,6 +59,9 @@ int run_server(const Config& config) {
   log::setup(config.log_format, config.log_level);
   raise_open_file_limit();
   std::signal(SIGPIPE, SIG_IGN);
+  // A store file over the file-size limit must fail its write (EFBIG: the store answers 503
+  // store_unavailable and retries), not kill the server.
+  std::signal(SIGXFSZ, SIG_IGN);
 
   asio::io_context context(config.io_threads);
 

@@ -254,7 +254,7 @@ class ProcessPool::Slot {
     sigemptyset(&empty);
     sigset_t defaults;
     sigemptyset(&defaults);
-    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPIPE, SIGHUP, SIGXCPU}) sigaddset(&defaults, sig);
+    for (int sig : {SIGCHLD, SIGTERM, SIGINT, SIGPIPE, SIGHUP, SIGXCPU, SIGXFSZ}) sigaddset(&defaults, sig);
     posix_spawnattr_setsigmask(&attr, &empty);
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setpgroup(&attr, 0);  // its own process group, killed as one

@@ -6,9 +6,10 @@ the same files. Traffic goes to 127.0.0.1 only; every loop is bounded.
 """
 import json
 import os
-import signal
-import tempfile
 import shutil
+import signal
+import subprocess
+import tempfile
 import time
 
 import pytest
@@ -274,3 +275,39 @@ def test_store_metrics(server_factory, data_dir):
     assert sy.metric_sum(samples, "switchyard_store_commit_seconds_count") == commits
     # 20 inserts, 20 starts, 20 ends at least, fewer when a batch carries several states of one job.
     assert sy.metric_sum(samples, "switchyard_store_changes_total") >= 20
+
+
+def test_full_disk_refuses_with_503_and_recovers(switchyard_bin, data_dir):
+    """A store that cannot write (here: the file-size limit, RLIMIT_FSIZE, as a full disk would)
+    refuses submissions with 503 store_unavailable and Retry-After, keeps serving, and accepts
+    again once it can write; nothing it refused runs, and what it refused is recorded."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) not found")
+    s = sy.Server(switchyard_bin, ("--data-dir", data_dir, "--process-workers", "1"))
+    s.args = [prlimit, "--fsize=400000:unlimited", "--"] + s.args  # soft limit 400 kB
+    s.start()
+    try:
+        big = {"type": "hash", "input": {"data": "x" * 60000}}
+        statuses = []
+        for _ in range(20):
+            r = s.request("POST", "/v1/jobs", big)
+            statuses.append(r.status)
+            if r.status != 202:
+                sy.assert_problem(r, 503, "store_unavailable")
+                assert (r.headers.get("Retry-After") or "").isdigit(), r.headers
+        assert set(statuses) == {202, 503}, statuses
+        assert s.get("/healthz").status == 200
+        assert s.alive()
+        assert _events(s, "store: commit failed, retrying"), s.log_tail()
+
+        subprocess.run([prlimit, "--pid", str(s.pid), "--fsize=unlimited"], check=True, timeout=10)
+        sy.wait_until(lambda: s.request("POST", "/v1/jobs", {"type": "noop", "model": "thread"}).status == 202,
+                      10, interval=0.3, message="submissions accepted again")
+        refused = _all_jobs(s)
+        failed = [j for j in refused.values() if j["status"] == "failed"]
+        assert len(failed) == statuses.count(503), (len(failed), statuses)
+        assert all(j["error"]["code"] == "store_unavailable" and j["started_at"] is None for j in failed)
+        assert s.stop() == 0
+    finally:
+        s.kill()
