@@ -500,11 +500,16 @@ def test_deploy_files_parse_and_agree(switchyard_bin):
     for name in kust["resources"] + ["servicemonitor.yaml"]:
         for doc in load_yaml_all(os.path.join(K8S, name)):
             assert {"apiVersion", "kind", "metadata"} <= set(doc), f"{name}: {doc.keys()}"
-            objs[doc["kind"]] = doc
-    assert {"Namespace", "ConfigMap", "Deployment", "Service", "ServiceMonitor",
-            "HorizontalPodAutoscaler"} <= set(objs)
-    cm, dep, svc = objs["ConfigMap"], objs["Deployment"], objs["Service"]
-    smon, hpa = objs["ServiceMonitor"], objs["HorizontalPodAutoscaler"]
+            objs[(doc["kind"], doc["metadata"]["name"])] = doc
+    assert {"Namespace", "ConfigMap", "StatefulSet", "Service", "ServiceMonitor",
+            "HorizontalPodAutoscaler"} <= {kind for kind, _ in objs}
+
+    def the(kind):
+        (doc,) = [d for (k, _), d in objs.items() if k == kind]
+        return doc
+    cm, dep = the("ConfigMap"), the("StatefulSet")
+    svc, headless = objs[("Service", "switchyard")], objs[("Service", "switchyard-pods")]
+    smon, hpa = the("ServiceMonitor"), the("HorizontalPodAutoscaler")
     assert all(isinstance(v, str) for v in cm["data"].values()), "ConfigMap values must be strings"
     assert not set(cm["data"]) - known_env, f"unknown options: {set(cm['data']) - known_env}"
     assert cm["data"]["SWITCHYARD_LISTEN"] == "0.0.0.0:8080"
@@ -523,8 +528,16 @@ def test_deploy_files_parse_and_agree(switchyard_bin):
     assert sc["capabilities"]["drop"] == ["ALL"]
     mounted = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     vols = {v["name"]: v for v in spec["volumes"]}
-    for path in ("/var/lib/switchyard", "/tmp"):
-        assert "emptyDir" in vols[mounted[path]], path
+    # The store on a volume of its own per replica, that outlives the pod; /tmp in memory.
+    assert "emptyDir" in vols[mounted["/tmp"]]
+    claims = {t["metadata"]["name"]: t for t in dep["spec"]["volumeClaimTemplates"]}
+    data = mounted[cm["data"]["SWITCHYARD_DATA_DIR"]]
+    assert data in claims and data not in vols, "the data directory must be a PersistentVolumeClaim"
+    assert claims[data]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert cm["data"].get("SWITCHYARD_STORE", "sqlite") == "sqlite"
+    assert dep["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     k8s_drain_ms = int(cm["data"].get("SWITCHYARD_DRAIN_GRACE_MS", drain_default_ms))
@@ -543,6 +556,7 @@ def test_deploy_files_parse_and_agree(switchyard_bin):
         "the alerts expect job=\"switchyard\""
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     assert c["resources"]["requests"]["cpu"], "a CPU HPA needs CPU requests"
 
     # deploy/README.md documents every alert.
