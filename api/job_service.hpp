@@ -63,7 +63,8 @@ class JobService {
  public:
   virtual ~JobService() = default;
 
-  /// Admits all `requests` or none. `fingerprint` identifies the request body for idempotency.
+  /// Admits all `requests` or none. `fingerprint` identifies the request body for idempotency
+  /// (empty without an `idempotency_key`).
   /// Completes once accepted jobs are recorded as durably as the store can (for a durable store:
   /// on disk), so that a 202 means the job will run.
   virtual boost::asio::awaitable<SubmitResult> submit(std::vector<JobRequest> requests,

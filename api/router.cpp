@@ -292,7 +292,11 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
   }
   std::vector<JobRequest> requests;
   requests.push_back(std::move(std::get<JobRequest>(parsed)));
-  SubmitResult result = co_await service_.submit(std::move(requests), key, fingerprint("job:", body));
+  // The fingerprint (a SHA-256 of the canonical body) only matters with an Idempotency-Key.
+  // (A local, not a ?: in the co_await statement: GCC 12 destroys such a temporary twice.)
+  std::string print;
+  if (key) print = fingerprint("job:", body);
+  SubmitResult result = co_await service_.submit(std::move(requests), key, print);
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
     co_return refusal(result);
   }
@@ -353,7 +357,9 @@ boost::asio::awaitable<Response> Router::post_batch(const Request& request) {
   }
   if (!errors.empty()) co_return to_response(validation_problem(std::move(errors)));
 
-  SubmitResult result = co_await service_.submit(std::move(requests), key, fingerprint("batch:", body));
+  std::string print;
+  if (key) print = fingerprint("batch:", body);
+  SubmitResult result = co_await service_.submit(std::move(requests), key, print);
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
     co_return refusal(result);
   }

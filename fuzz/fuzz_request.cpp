@@ -171,7 +171,7 @@ class MapJobService final : public api::JobService {
       FUZZ_CHECK(!key->empty() && key->size() <= 255);
       FUZZ_CHECK(std::all_of(key->begin(), key->end(), [](unsigned char c) { return c >= 0x21 && c <= 0x7e; }));
     }
-    FUZZ_CHECK(!fingerprint.empty());
+    FUZZ_CHECK(fingerprint.empty() == !key.has_value());
 
     api::SubmitResult result;
     switch (scenario_.admission) {

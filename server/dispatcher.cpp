@@ -314,7 +314,7 @@ api::SubmitResult Dispatcher::admit(std::vector<api::JobRequest>& requests,
     active_.emplace(job.id, Active{run, job.model, steady_now, std::nullopt});
     counters_[static_cast<std::size_t>(model_index(job.model))].submitted.fetch_add(1);
     metrics_.job_submitted(job.model, job.type);
-    record.job_ids.push_back(job.id);
+    if (idempotency_key) record.job_ids.push_back(job.id);
     result.jobs.push_back(job);
     runs.emplace_back(std::move(run), job.model);
     store_->insert(std::move(job));
