@@ -13,9 +13,9 @@ build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libboost1.81-dev libboost-url1.81-dev
   nlohmann-json3-dev prometheus-cpp-dev doctest-dev libssl-dev
-  libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev libsqlite3-dev
+  libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev libsqlite3-dev libpq-dev
 )
-test_pkgs=(curl python3 python3-pytest python3-yaml procps)
+test_pkgs=(curl python3 python3-pytest python3-yaml procps postgresql)
 deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
 fuzz_pkgs=(clang-14 libclang-rt-14-dev)
 

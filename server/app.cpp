@@ -24,6 +24,7 @@
 #include "server/job_store.hpp"
 #include "server/log.hpp"
 #include "server/metrics.hpp"
+#include "server/postgres.hpp"
 #include "server/sqlite_store.hpp"
 
 namespace switchyard::server {
@@ -142,6 +143,20 @@ int run_server(const Config& config) {
   context.run();
   for (auto& thread : threads) thread.join();
   return 0;
+}
+
+int run_migrate(const MigrateCommand& command) {
+  log::setup("text", "info");
+  try {
+    PgConnection connection(command.database_url);
+    const int applied = migrate_postgres(connection);
+    std::printf("switchyard schema at version %d on %s (%d migration%s applied)\n", postgres_schema_version(),
+                redact_database_url(command.database_url).c_str(), applied, applied == 1 ? "" : "s");
+    return 0;
+  } catch (const PgError& e) {
+    std::fprintf(stderr, "migrate: %s\n", e.what());
+    return 1;
+  }
 }
 
 int run_healthcheck(const HealthcheckCommand& command) {

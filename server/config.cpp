@@ -205,8 +205,15 @@ Command parse_command_line(int argc, const char* const* argv) {
   health_cmd->add_option("--url", health.url, "URL to check (default: http://<listen>/healthz)");
   health_cmd->add_option("--timeout-s", health.timeout_s, "give up after this many seconds")->check(CLI::Range(0.1, 60.0));
 
+  MigrateCommand migrate;
+  auto* migrate_cmd = app.add_subcommand(
+      "migrate", "apply the PostgreSQL schema migrations to --database-url and exit (servers also do it at start)");
+  migrate_cmd->add_option("--database-url", migrate.database_url, "PostgreSQL connection URI")
+      ->envname("SWITCHYARD_DATABASE_URL")->required();
+
   try {
     app.parse(argc, argv);
+    if (migrate_cmd->parsed()) return migrate;
     if (worker_cmd->parsed()) {
       worker.builtin.http_max_timeout_ms = max_timeout_ms;
       return WorkerCommand{worker};

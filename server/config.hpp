@@ -57,10 +57,11 @@ struct Config {
 struct ServeCommand { Config config; };
 struct WorkerCommand { workers::WorkerOptions options; };
 struct HealthcheckCommand { std::string url; double timeout_s = 2; };
+struct MigrateCommand { std::string database_url; };
 /// --help, --version or a usage error: print `text` and exit with `code`.
 struct ExitNow { int code = 0; std::string text; };
 
-using Command = std::variant<ServeCommand, WorkerCommand, HealthcheckCommand, ExitNow>;
+using Command = std::variant<ServeCommand, WorkerCommand, HealthcheckCommand, MigrateCommand, ExitNow>;
 
 /// Parses argv and the environment (`getenv`) into a command. Never exits the process.
 Command parse_command_line(int argc, const char* const* argv);

@@ -28,5 +28,6 @@ int main(int argc, char** argv) {
     std::_Exit(code);
   }
   if (auto* health = std::get_if<HealthcheckCommand>(&command)) return run_healthcheck(*health);
+  if (auto* migrate = std::get_if<MigrateCommand>(&command)) return run_migrate(*migrate);
   return run_server(std::get<ServeCommand>(command).config);
 }
