@@ -41,6 +41,15 @@ struct Tally {
   std::map<std::string, long> http_codes;
   long requests = 0;
   long transport_errors = 0;
+  // Earliest `created_at` and latest `finished_at` of the terminal jobs, as the server wrote
+  // them (RFC 3339 with milliseconds, so they order as strings).
+  std::string first_created;
+  std::string last_finished;
+
+  void count_span(const std::string& created_at, const std::string& finished_at) {
+    if (!created_at.empty() && (first_created.empty() || created_at < first_created)) first_created = created_at;
+    if (finished_at > last_finished) last_finished = finished_at;
+  }
 
   void count_response(const Exchange& exchange) {
     ++requests;
@@ -59,6 +68,7 @@ struct Tally {
     for (const auto& [key, n] : other.http_codes) http_codes[key] += n;
     requests += other.requests;
     transport_errors += other.transport_errors;
+    count_span(other.first_created, other.last_finished);
   }
 };
 

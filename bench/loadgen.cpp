@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -17,7 +18,10 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/verb.hpp>
 #include <nlohmann/json.hpp>
@@ -58,6 +62,7 @@ struct Options {
   std::string plain_method;
   std::string plain_path = "/healthz";
   std::string plain_body;
+  int interval_ms = 0;  // pause between a connection's requests (0: closed loop, full speed)
 };
 
 bool is_terminal(const std::string& status) {
@@ -120,10 +125,15 @@ class Run {
       request.body() = options_.plain_body;
     }
     request.prepare_payload();
+    asio::steady_timer pause(shard.context);
     while (plan_.claim(1) > 0) {
       const Exchange exchange = co_await connection.exchange(request, request_timeout(0));
       shard.tally.count_response(exchange);
       if (!exchange.error) shard.tally.submit.add(exchange.elapsed);
+      if (options_.interval_ms > 0) {
+        pause.expires_after(milliseconds{options_.interval_ms});
+        co_await pause.async_wait(asio::as_tuple(asio::use_awaitable));
+      }
     }
   }
 
@@ -182,7 +192,7 @@ class Run {
     auto take = [&](const json& job) {
       const std::string status = job.value("status", "");
       if (is_terminal(status)) {
-        finish(tally, status, sent);
+        finish(tally, job, sent);
       } else {
         accepted.push_back({job.value("id", ""), sent});
       }
@@ -209,16 +219,21 @@ class Run {
       const json body = json::parse(exchange.response.body(), nullptr, false);
       const std::string status = body.is_object() ? body.value("status", "") : "";
       if (is_terminal(status)) {
-        finish(tally, status, job.sent);
+        finish(tally, body, job.sent);
         co_return;
       }
     }
     tally.statuses["unfinished"] += 1;
   }
 
-  static void finish(Tally& tally, const std::string& status, Clock::time_point sent) {
-    tally.statuses[status] += 1;
+  static void finish(Tally& tally, const json& job, Clock::time_point sent) {
     tally.end_to_end.add(Clock::now() - sent);
+    tally.statuses[job.value("status", "")] += 1;
+    auto text = [&](const char* key) {
+      const auto found = job.find(key);
+      return found != job.end() && found->is_string() ? found->get<std::string>() : std::string{};
+    };
+    tally.count_span(text("created_at"), text("finished_at"));
   }
 
   const Options& options_;
@@ -252,6 +267,26 @@ double client_cpu_seconds() {
   getrusage(RUSAGE_SELF, &usage);
   auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// Seconds from one RFC 3339 UTC time with milliseconds ("2026-11-24T18:03:22.123Z") to
+// another; null when either is missing or malformed.
+json span_seconds(const std::string& from, const std::string& to) {
+  auto epoch_ms = [](const std::string& text) -> std::optional<double> {
+    std::tm tm{};
+    int ms = 0;
+    if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                    &tm.tm_min, &tm.tm_sec, &ms) != 7) {
+      return std::nullopt;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return static_cast<double>(timegm(&tm)) * 1000.0 + ms;
+  };
+  const auto start = epoch_ms(from);
+  const auto end = epoch_ms(to);
+  if (!start || !end) return nullptr;
+  return (*end - *start) / 1000.0;
 }
 
 json report(const Options& options, Tally& tally, double elapsed_s, std::optional<double> submit_phase_s,
@@ -294,6 +329,7 @@ json report(const Options& options, Tally& tally, double elapsed_s, std::optiona
                  {"per_s", static_cast<double>(terminal) / elapsed_s}};
   out["latency_ms"] = {{"submit", tally.submit.summary()}, {"end_to_end", tally.end_to_end.summary()}};
   if (submit_phase_s) out["submit_phase_s"] = *submit_phase_s;
+  out["server_span_s"] = span_seconds(tally.first_created, tally.last_finished);
   out["ok"] = started > 0 && succeeded == started;
   return out;
 }
@@ -319,6 +355,8 @@ void add_options(CLI::App& app, Options& options) {
   app.add_option("--plain", options.plain_method, "plain mode: hammer this method (GET, POST) on --path")->check(CLI::IsMember({"GET", "POST"}));
   app.add_option("--path", options.plain_path, "plain mode: target");
   app.add_option("--body", options.plain_body, "plain mode: JSON body");
+  app.add_option("--interval-ms", options.interval_ms, "plain mode: pause between a connection's requests (a probe)")
+      ->check(CLI::Range(0, 60'000));
 }
 
 }  // namespace
