@@ -23,13 +23,13 @@ from harness import Nginx, ProcSampler, Switchyard, wrk
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 # A busy machine: big queues so that admission never refuses a benchmark's jobs.
 SERVER_FLAGS = ("--queue-limit", "1000000", "--retain-jobs", "20000", "--max-connections", "20000",
-                "--thread-concurrency", "20000")
+                "--thread-concurrency", "20000", "--drain-grace-ms", "1000")
 
 
 @dataclass
 class Plan:
     """How long and how often; --quick shrinks durations and counts, never the scenarios."""
-    runs: int = 3
+    runs: int = 5
     wrk_s: int = 5
     wrk_connections: int = 32
     sweep: tuple = (1, 4, 16, 64, 256)
