@@ -48,6 +48,10 @@ ROWS = (
      "burn10ms_wall_s", "burn10ms_bare_wall_s", "burn10ms_efficiency", "≥ 0.95", ("ratio", _at_least(0.95))),
     ("3 CPU", "burn 1 ms × {burn1ms_jobs}, wall s (ceiling: bare fork); ratio = efficiency",
      "burn1ms_wall_s", "burn1ms_bare_wall_s", "burn1ms_efficiency", "≥ 0.95", ("ratio", _at_least(0.95))),
+    ("3 CPU", "burn 10 ms: bare fork with a pipe round trip per job (vs ours); ratio = its efficiency",
+     "burn10ms_pipe_wall_s", "burn10ms_wall_s", "burn10ms_pipe_efficiency", "", None),
+    ("3 CPU", "burn 1 ms: bare fork with a pipe round trip per job (vs ours); ratio = its efficiency",
+     "burn1ms_pipe_wall_s", "burn1ms_wall_s", "burn1ms_pipe_efficiency", "", None),
     ("4 I/O", "10,000 × sleep 1 s in flight, wall s (ceiling: ideal + submission)",
      "io_wall_s", "io_ideal_plus_submit_s", "io_ratio", "≤ 1.2×", ("ratio", _at_most(1.2))),
     ("4 I/O", "server RSS at the peak, MB", "io_rss_peak_mb", None, None, "< 150 MB", ("ours", _below(150))),
@@ -68,9 +72,11 @@ ROWS = (
 )
 
 
-def table_rows(median):
+def table_rows(median, runs):
     rows = []
     for scenario, measure, ours_key, ceiling_key, ratio_key, goal, test in ROWS:
+        spread_key = ratio_key or ours_key
+        per_run = [run[spread_key] for run in runs if run.get(spread_key) is not None]
         ours = median.get(ours_key)
         ceiling = median.get(ceiling_key) if ceiling_key else None
         if ratio_key:
@@ -85,6 +91,7 @@ def table_rows(median):
             met = bool(check(ratio if which == "ratio" else ours))
         rows.append({"scenario": scenario, "measure": measure.format(**{k: _fmt(v) for k, v in median.items()}),
                      "ours": ours, "ceiling": ceiling, "ratio": ratio, "ratio_key": ratio_key,
+                     "spread": [min(per_run), max(per_run)] if per_run else None,
                      "goal": goal, "met": met})
     return rows
 
@@ -109,6 +116,12 @@ def _fmt_ratio(row):
     if row["ratio_key"] == "mixed_delta_p99_ms":
         return f"{row['ratio']:+.1f} ms"
     return f"{row['ratio']:.2f}"
+
+
+def _fmt_spread(row, value):
+    if row["ratio_key"] == "mixed_delta_p99_ms":
+        return f"{value:+.1f} ms"
+    return f"{value:.2f}" if row["ratio_key"] else _fmt(value)
 
 
 def machine():
@@ -158,13 +171,19 @@ def write_markdown(path, info, rows, sweep, problems):
         f"commit {m['commit']}. Median of {info['plan']['runs']} run(s) of each scenario; ratios against the "
         f"ceiling measured in the same run. Whole run: {info['elapsed_s']:.0f} s.",
         "",
-        "| scenario | measure | ours | ceiling | ratio | goal | met? |",
-        "|---|---|---:|---:|---:|---|---|",
+        "The last column is the range over the runs of the ratio (or of ours, where there is no",
+        "ceiling): a wide range says the shared machine was busy with other work during some runs.",
+        "Load average (1 min) at the start of each run: "
+        + ", ".join(f"{run['load_average_1m']:.2f}" for run in info["runs"]) + ".",
+        "",
+        "| scenario | measure | ours | ceiling | ratio | goal | met? | runs: min–max |",
+        "|---|---|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        spread = "—" if r["spread"] is None else "–".join(_fmt_spread(r, v) for v in r["spread"])
         lines.append(f"| {r['scenario']} | {r['measure']} | {_fmt(r['ours'])} | {_fmt(r['ceiling'])} | "
-                     f"{_fmt_ratio(r)} | {r['goal'] or '—'} | {met} |")
+                     f"{_fmt_ratio(r)} | {r['goal'] or '—'} | {met} | {spread} |")
     lines += ["", "## noop jobs against concurrency (Prefer: wait, end to end)", "",
               "| model | connections | jobs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
     for (model, c), (rate, p50, p99) in sweep.items():
@@ -180,11 +199,11 @@ def write(out_dir, *, plan, runs, median, sweeps, problems, elapsed_s):
     os.makedirs(out_dir, exist_ok=True)
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "plan": plan, "elapsed_s": elapsed_s}
-    rows = table_rows(median)
+    rows = table_rows(median, runs)
     sweep = sweep_medians(sweeps)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({**info, "table": rows, "median": median, "runs": runs, "problems": problems,
                    "sweep": [{"model": k[0], "concurrency": k[1], "jobs_per_s": v[0], "p50_ms": v[1], "p99_ms": v[2]}
                              for k, v in sweep.items()]}, f, indent=1)
-    write_markdown(os.path.join(out_dir, "results.md"), info, rows, sweep, problems)
+    write_markdown(os.path.join(out_dir, "results.md"), {**info, "runs": runs}, rows, sweep, problems)
     write_plots(out_dir, sweep)

@@ -72,13 +72,14 @@ def scenario_http(ctx):
     post_lua = os.path.join(BENCH_DIR, "post_noop.lua")
     p = ctx.plan
     figures = {}
-    with Nginx(workers=ctx.cores) as nginx:
-        ng_health = wrk(f"http://127.0.0.1:{nginx.port}/healthz", p.wrk_connections, p.wrk_s)
-        ng_post = wrk(f"http://127.0.0.1:{nginx.port}/v1/jobs", p.wrk_connections, p.wrk_s, post_lua)
-    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
-        health = wrk(f"http://127.0.0.1:{sy.port}/healthz", p.wrk_connections, p.wrk_s)
-        post = wrk(f"http://127.0.0.1:{sy.port}/v1/jobs", p.wrk_connections, p.wrk_s, post_lua)
-    for name, ours, ceiling in (("healthz", health, ng_health), ("post", post, ng_post)):
+    measured = []
+    # Both servers up at once, so that each of our figures is taken right after its ceiling.
+    with Nginx(workers=ctx.cores) as nginx, Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        for name, path, script in (("healthz", "/healthz", None), ("post", "/v1/jobs", post_lua)):
+            ceiling = wrk(f"http://127.0.0.1:{nginx.port}{path}", p.wrk_connections, p.wrk_s, script)
+            ours = wrk(f"http://127.0.0.1:{sy.port}{path}", p.wrk_connections, p.wrk_s, script)
+            measured.append((name, ours, ceiling))
+    for name, ours, ceiling in measured:
         figures[f"http_{name}_rps"] = ours["rps"]
         figures[f"http_{name}_nginx_rps"] = ceiling["rps"]
         figures[f"http_{name}_ratio"] = ours["rps"] / ceiling["rps"]
@@ -121,13 +122,18 @@ def scenario_cpu(ctx):
     with Switchyard(ctx.tools.switchyard, SERVER_FLAGS + ("--process-workers", str(ctx.cores))) as sy:
         for jobs, ms in ctx.plan.cpu_batches:
             key = f"burn{ms}ms"
+            before = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
             r = ctx.check(f"burn {ms} ms x{jobs}", ctx.tools.loadgen(
                 sy.port, "--type", "burn", "--input", f'{{"ms":{ms}}}', "-c", 4 * ctx.cores, "-n", jobs,
                 "--prefer-wait", 60))
-            bare = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
+            after = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
             piped = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "pipe")
+            # The ceiling brackets our run in time (before and after), so that a load on the
+            # shared machine that rises or falls during the scenario weighs on both sides alike.
+            bare = {"wall_s": (before["wall_s"] + after["wall_s"]) / 2}
             figures[f"{key}_wall_s"] = r["elapsed_s"]
             figures[f"{key}_bare_wall_s"] = bare["wall_s"]
+            figures[f"{key}_pipe_efficiency"] = piped["wall_s"] / r["elapsed_s"]
             figures[f"{key}_pipe_wall_s"] = piped["wall_s"]
             figures[f"{key}_efficiency"] = bare["wall_s"] / r["elapsed_s"]
             figures[f"{key}_jobs"] = jobs
@@ -247,7 +253,7 @@ def main():
     runs, sweeps = [], []
     try:
         for i in range(plan.runs):
-            figures = {}
+            figures = {"load_average_1m": os.getloadavg()[0]}  # how busy the shared machine was
             for scenario in SCENARIOS:
                 print(f"run {i + 1}/{plan.runs}: {scenario.__doc__.splitlines()[0]}", flush=True)
                 figures.update(scenario(ctx))
