@@ -5,10 +5,7 @@
 // `succeeded` is counted by its outcome and makes the exit status 1; it is never dropped.
 // Plain mode hammers one method and path for a raw request rate instead.
 
-#include <sys/resource.h>
-
-#include <cstdio>
-#include <ctime>
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -28,6 +25,7 @@
 
 #include "bench/http_connection.hpp"
 #include "bench/load_plan.hpp"
+#include "bench/load_report.hpp"
 
 namespace {
 
@@ -38,36 +36,12 @@ using bench::Exchange;
 using bench::HttpConnection;
 using bench::Request;
 using bench::Tally;
+using bench::is_terminal;
+using Options = bench::LoadOptions;
 using nlohmann::json;
 using std::chrono::milliseconds;
 
-struct Options {
-  std::string host = "127.0.0.1";
-  std::uint16_t port = 8080;
-  int concurrency = 16;
-  int threads = 1;
-  long count = 1000;
-  double duration_s = 0;  // 0: no cap, `count` decides
-  double deadline_s = 120;
-  // job mode
-  std::string type = "noop";
-  std::string model = "auto";
-  std::string input = "{}";
-  long timeout_ms = 0;
-  int batch = 0;            // 0: POST /v1/jobs; k: POST /v1/jobs:batch with k jobs
-  int prefer_wait_s = 0;    // `Prefer: wait=N` on a single submit
-  int poll_wait_s = 30;     // `?wait=N` on each long-poll
-  bool submit_first = false;  // submit every job, then read them all (jobs in flight at once)
-  // plain mode
-  std::string plain_method;
-  std::string plain_path = "/healthz";
-  std::string plain_body;
-  int interval_ms = 0;  // pause between a connection's requests (0: closed loop, full speed)
-};
 
-bool is_terminal(const std::string& status) {
-  return status == "succeeded" || status == "failed" || status == "cancelled" || status == "timed_out";
-}
 
 /// A job the server accepted and that is not yet known to be terminal.
 struct Submitted {
@@ -262,78 +236,6 @@ double seconds_between(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-double client_cpu_seconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
-
-// Seconds from one RFC 3339 UTC time with milliseconds ("2026-11-24T18:03:22.123Z") to
-// another; null when either is missing or malformed.
-json span_seconds(const std::string& from, const std::string& to) {
-  auto epoch_ms = [](const std::string& text) -> std::optional<double> {
-    std::tm tm{};
-    int ms = 0;
-    if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-                    &tm.tm_min, &tm.tm_sec, &ms) != 7) {
-      return std::nullopt;
-    }
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    return static_cast<double>(timegm(&tm)) * 1000.0 + ms;
-  };
-  const auto start = epoch_ms(from);
-  const auto end = epoch_ms(to);
-  if (!start || !end) return nullptr;
-  return (*end - *start) / 1000.0;
-}
-
-json report(const Options& options, Tally& tally, double elapsed_s, std::optional<double> submit_phase_s,
-            long connects) {
-  const bool plain = !options.plain_method.empty();
-  long terminal = 0;
-  long succeeded = 0;
-  for (const auto& [status, n] : tally.statuses) {
-    if (is_terminal(status)) terminal += n;
-    if (status == "succeeded") succeeded += n;
-  }
-  long started = 0;
-  for (const auto& [status, n] : tally.statuses) started += n;
-  json out = {
-      {"mode", plain ? "plain" : "jobs"},
-      {"concurrency", options.concurrency},
-      {"threads", options.threads},
-      {"elapsed_s", elapsed_s},
-      {"http", {{"requests", tally.requests},
-                {"per_s", static_cast<double>(tally.requests) / elapsed_s},
-                {"by_code", tally.http_codes},
-                {"transport_errors", tally.transport_errors},
-                {"connects", connects}}},
-      {"client_cpu_s", client_cpu_seconds()},
-  };
-  if (plain) {
-    out["request"] = {{"method", options.plain_method}, {"path", options.plain_path}};
-    out["latency_ms"] = {{"request", tally.submit.summary()}};
-    out["ok"] = tally.transport_errors == 0;
-    return out;
-  }
-  out["job"] = {{"type", options.type}, {"model", options.model}, {"input", json::parse(options.input)},
-                {"batch", options.batch}, {"prefer_wait_s", options.prefer_wait_s},
-                {"submit_first", options.submit_first}};
-  out["jobs"] = {{"started", started},
-                 {"terminal", terminal},
-                 {"succeeded", succeeded},
-                 {"not_succeeded", started - succeeded},
-                 {"by_status", tally.statuses},
-                 {"per_s", static_cast<double>(terminal) / elapsed_s}};
-  out["latency_ms"] = {{"submit", tally.submit.summary()}, {"end_to_end", tally.end_to_end.summary()}};
-  if (submit_phase_s) out["submit_phase_s"] = *submit_phase_s;
-  out["server_span_s"] = span_seconds(tally.first_created, tally.last_finished);
-  out["ok"] = started > 0 && succeeded == started;
-  return out;
-}
-
 void add_options(CLI::App& app, Options& options) {
   app.add_option("--host", options.host, "server address (loopback only)")->check(CLI::IsMember({"127.0.0.1"}));
   app.add_option("--port", options.port, "server port")->required();
@@ -379,7 +281,7 @@ int main(int argc, char** argv) {
       options.duration_s > 0 ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.duration_s))
                              : Clock::time_point::max();
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.deadline_s));
-  bench::LoadPlan plan(options.count, stop_starting_at);
+  bench::LoadPlan plan(options.count, std::min(stop_starting_at, deadline));
   Run run(options, plan, deadline);
 
   std::optional<double> submit_phase_s;
@@ -400,7 +302,7 @@ int main(int argc, char** argv) {
     total.merge(shard->tally);
     for (auto& connection : shard->connections) connects += connection->connects();
   }
-  const json out = report(options, total, elapsed_s, submit_phase_s, connects);
+  const json out = bench::make_report(options, total, elapsed_s, submit_phase_s, connects);
   std::cout << out.dump() << '\n';
   return out["ok"].get<bool>() ? 0 : 1;
 }
