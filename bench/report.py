@@ -48,10 +48,10 @@ ROWS = (
      "burn10ms_wall_s", "burn10ms_bare_wall_s", "burn10ms_efficiency", "≥ 0.95", ("ratio", _at_least(0.95))),
     ("3 CPU", "burn 1 ms × {burn1ms_jobs}, wall s (ceiling: bare fork); ratio = efficiency",
      "burn1ms_wall_s", "burn1ms_bare_wall_s", "burn1ms_efficiency", "≥ 0.95", ("ratio", _at_least(0.95))),
-    ("3 CPU", "burn 10 ms: bare fork with a pipe round trip per job (vs ours); ratio = its efficiency",
-     "burn10ms_pipe_wall_s", "burn10ms_wall_s", "burn10ms_pipe_efficiency", "", None),
-    ("3 CPU", "burn 1 ms: bare fork with a pipe round trip per job (vs ours); ratio = its efficiency",
-     "burn1ms_pipe_wall_s", "burn1ms_wall_s", "burn1ms_pipe_efficiency", "", None),
+    ("3 CPU", "burn 10 ms, wall s (ceiling: bare fork with a pipe round trip per job); ratio = efficiency",
+     "burn10ms_wall_s", "burn10ms_pipe_wall_s", "burn10ms_pipe_efficiency", "", None),
+    ("3 CPU", "burn 1 ms, wall s (ceiling: bare fork with a pipe round trip per job); ratio = efficiency",
+     "burn1ms_wall_s", "burn1ms_pipe_wall_s", "burn1ms_pipe_efficiency", "", None),
     ("4 I/O", "10,000 × sleep 1 s in flight, wall s (ceiling: ideal + submission)",
      "io_wall_s", "io_ideal_plus_submit_s", "io_ratio", "≤ 1.2×", ("ratio", _at_most(1.2))),
     ("4 I/O", "server RSS at the peak, MB", "io_rss_peak_mb", None, None, "< 150 MB", ("ours", _below(150))),
@@ -171,8 +171,10 @@ def write_markdown(path, info, rows, sweep, problems):
         f"commit {m['commit']}. Median of {info['plan']['runs']} run(s) of each scenario; ratios against the "
         f"ceiling measured in the same run. Whole run: {info['elapsed_s']:.0f} s.",
         "",
-        "The last column is the range over the runs of the ratio (or of ours, where there is no",
-        "ceiling): a wide range says the shared machine was busy with other work during some runs.",
+        "Ours and ceiling are each the median over the runs; the ratio is the median of the ratios",
+        "taken in each run, so it need not equal ours / ceiling of its row. The last column is the",
+        "range over the runs of the ratio (or of ours, where there is no ceiling): a wide range says",
+        "the shared machine was busy with other work during some runs.",
         "Load average (1 min) at the start of each run: "
         + ", ".join(f"{run['load_average_1m']:.2f}" for run in info["runs"]) + ".",
         "",
@@ -195,15 +197,34 @@ def write_markdown(path, info, rows, sweep, problems):
         f.write("\n".join(lines) + "\n")
 
 
-def write(out_dir, *, plan, runs, median, sweeps, problems, elapsed_s):
+def write(out_dir, *, plan, runs, median, sweeps, problems, elapsed_s, info=None):
     os.makedirs(out_dir, exist_ok=True)
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(), "plan": plan, "elapsed_s": elapsed_s}
+    info = info or {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    "machine": machine(), "plan": plan, "elapsed_s": elapsed_s}
     rows = table_rows(median, runs)
     sweep = sweep_medians(sweeps)
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({**info, "table": rows, "median": median, "runs": runs, "problems": problems,
+                   "sweeps": sweeps,
                    "sweep": [{"model": k[0], "concurrency": k[1], "jobs_per_s": v[0], "p50_ms": v[1], "p99_ms": v[2]}
                              for k, v in sweep.items()]}, f, indent=1)
     write_markdown(os.path.join(out_dir, "results.md"), {**info, "runs": runs}, rows, sweep, problems)
     write_plots(out_dir, sweep)
+
+
+def rerender(out_dir):
+    """Writes results.md, the table in results.json and the plots again from results.json,
+    after a change to this file; the measured figures are kept as they are."""
+    with open(os.path.join(out_dir, "results.json")) as f:
+        saved = json.load(f)
+    sweeps = saved.get("sweeps") or [[(p["model"], p["concurrency"], p["jobs_per_s"], p["p50_ms"], p["p99_ms"])
+                                       for p in saved["sweep"]]]
+    info = {k: saved[k] for k in ("date", "machine", "plan", "elapsed_s")}
+    write(out_dir, plan=saved["plan"], runs=saved["runs"], median=saved["median"], sweeps=sweeps,
+          problems=saved["problems"], elapsed_s=saved["elapsed_s"], info=info)
+
+
+if __name__ == "__main__":
+    import sys
+
+    rerender(sys.argv[1])  # python3 bench/report.py bench/results/<date>
