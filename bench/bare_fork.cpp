@@ -101,6 +101,7 @@ PipeWorker start_pipe_worker(double ms) {
 
 void run_pipe(int procs, long jobs, double ms) {
   std::vector<PipeWorker> workers;
+  workers.reserve(static_cast<std::size_t>(procs));
   for (int p = 0; p < procs; ++p) workers.push_back(start_pipe_worker(ms));
   const char job = 'j';
   long sent = 0;
@@ -109,6 +110,7 @@ void run_pipe(int procs, long jobs, double ms) {
     if (sent < jobs && write(worker.jobs_out, &job, 1) == 1) ++sent;
   }
   std::vector<pollfd> fds;
+  fds.reserve(workers.size());
   for (const auto& worker : workers) fds.push_back({worker.done_in, POLLIN, 0});
   while (done < jobs) {
     if (poll(fds.data(), fds.size(), 60'000) <= 0) break;  // bounded: a stuck child ends the run
@@ -153,8 +155,8 @@ int main(int argc, char** argv) {
   const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   rusage children{};
   getrusage(RUSAGE_CHILDREN, &children);
-  const nlohmann::json out = {{"mode", mode}, {"procs", procs}, {"jobs", jobs}, {"ms", ms},
-                              {"wall_s", wall_s}, {"cpu_s", rusage_cpu_ms(children) / 1000.0}};
+  const nlohmann::json out = {{"mode", mode}, {"procs", procs},   {"jobs", jobs},
+                              {"ms", ms},     {"wall_s", wall_s}, {"cpu_s", rusage_cpu_ms(children) / 1000.0}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }

@@ -16,7 +16,7 @@ constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 }  // namespace
 
 HttpConnection::HttpConnection(asio::any_io_executor executor, asio::ip::tcp::endpoint endpoint)
-    : stream_(std::move(executor)), endpoint_(endpoint) {}
+    : stream_(std::move(executor)), endpoint_(std::move(endpoint)) {}
 
 void HttpConnection::close() {
   beast::error_code ignored;

@@ -35,8 +35,8 @@ class LoadPlan {
 
 /// What one io thread counted. Not thread-safe: one per io thread, merged after they joined.
 struct Tally {
-  LatencyLog submit;      // the submitting request (or every request, in plain mode)
-  LatencyLog end_to_end;  // from the submit being sent to the terminal state being read
+  LatencyLog submit;                     // the submitting request (or every request, in plain mode)
+  LatencyLog end_to_end;                 // from the submit being sent to the terminal state being read
   std::map<std::string, long> statuses;  // final outcome of every job that was started
   std::map<std::string, long> http_codes;
   long requests = 0;

@@ -14,7 +14,9 @@ namespace {
 double client_cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
+  auto seconds = [](const timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
@@ -56,11 +58,12 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
       {"concurrency", options.concurrency},
       {"threads", options.threads},
       {"elapsed_s", elapsed_s},
-      {"http", {{"requests", tally.requests},
-                {"per_s", static_cast<double>(tally.requests) / elapsed_s},
-                {"by_code", tally.http_codes},
-                {"transport_errors", tally.transport_errors},
-                {"connects", connects}}},
+      {"http",
+       {{"requests", tally.requests},
+        {"per_s", static_cast<double>(tally.requests) / elapsed_s},
+        {"by_code", tally.http_codes},
+        {"transport_errors", tally.transport_errors},
+        {"connects", connects}}},
       {"client_cpu_s", client_cpu_seconds()},
   };
   if (plain) {
@@ -71,15 +74,15 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
     out["ok"] = tally.requests > 0 && not_2xx == 0;
     return out;
   }
-  out["job"] = {{"type", options.type}, {"model", options.model}, {"input", json::parse(options.input)},
-                {"batch", options.batch}, {"prefer_wait_s", options.prefer_wait_s},
+  out["job"] = {{"type", options.type},
+                {"model", options.model},
+                {"input", json::parse(options.input)},
+                {"batch", options.batch},
+                {"prefer_wait_s", options.prefer_wait_s},
                 {"submit_first", options.submit_first}};
-  out["jobs"] = {{"started", started},
-                 {"terminal", terminal},
-                 {"succeeded", succeeded},
-                 {"not_succeeded", started - succeeded},
-                 {"by_status", tally.statuses},
-                 {"per_s", static_cast<double>(terminal) / elapsed_s}};
+  out["jobs"] = {{"started", started},          {"terminal", terminal},
+                 {"succeeded", succeeded},      {"not_succeeded", started - succeeded},
+                 {"by_status", tally.statuses}, {"per_s", static_cast<double>(terminal) / elapsed_s}};
   out["latency_ms"] = {{"submit", tally.submit.summary()}, {"end_to_end", tally.end_to_end.summary()}};
   if (submit_phase_s) out["submit_phase_s"] = *submit_phase_s;
   out["server_span_s"] = span_seconds(tally.first_created, tally.last_finished);

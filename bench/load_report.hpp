@@ -24,9 +24,9 @@ struct LoadOptions {
   std::string model = "auto";
   std::string input = "{}";
   long timeout_ms = 0;
-  int batch = 0;            // 0: POST /v1/jobs; k: POST /v1/jobs:batch with k jobs
-  int prefer_wait_s = 0;    // `Prefer: wait=N` on a single submit
-  int poll_wait_s = 30;     // `?wait=N` on each long-poll
+  int batch = 0;              // 0: POST /v1/jobs; k: POST /v1/jobs:batch with k jobs
+  int prefer_wait_s = 0;      // `Prefer: wait=N` on a single submit
+  int poll_wait_s = 30;       // `?wait=N` on each long-poll
   bool submit_first = false;  // submit every job, then read them all (jobs in flight at once)
   // plain mode
   std::string plain_method;

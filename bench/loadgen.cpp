@@ -13,9 +13,9 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -34,14 +34,12 @@ namespace http = boost::beast::http;
 using bench::Clock;
 using bench::Exchange;
 using bench::HttpConnection;
+using bench::is_terminal;
 using bench::Request;
 using bench::Tally;
-using bench::is_terminal;
 using Options = bench::LoadOptions;
 using nlohmann::json;
 using std::chrono::milliseconds;
-
-
 
 /// A job the server accepted and that is not yet known to be terminal.
 struct Submitted {
@@ -51,8 +49,7 @@ struct Submitted {
 
 /// Everything one io thread's coroutines share; lives until its thread has joined.
 struct Shard {
-  explicit Shard(const Options& options)
-      : endpoint(asio::ip::make_address(options.host), options.port) {}
+  explicit Shard(const Options& options) : endpoint(asio::ip::make_address(options.host), options.port) {}
 
   asio::io_context context{1};
   asio::ip::tcp::endpoint endpoint;
@@ -70,7 +67,8 @@ class Run {
     json job = {{"type", options.type}, {"model", options.model}, {"input", json::parse(options.input)}};
     if (options.timeout_ms > 0) job["timeout_ms"] = options.timeout_ms;
     single_body_ = job.dump();
-    if (options.batch > 0) batch_body_ = batch_body(options.batch);
+    single_request_ = post("/v1/jobs", single_body_);
+    if (options.batch > 0) batch_request_ = post("/v1/jobs:batch", batch_body(options.batch));
   }
 
   asio::awaitable<void> jobs_worker(Shard& shard, HttpConnection& connection) {
@@ -112,6 +110,11 @@ class Run {
   }
 
  private:
+  const Request& tail_request(long n) {
+    tail_request_ = post("/v1/jobs:batch", batch_body(n));
+    return *tail_request_;
+  }
+
   [[nodiscard]] std::string batch_body(long n) const {
     std::string body = R"({"jobs":[)";
     for (long i = 0; i < n; ++i) body += (i == 0 ? "" : ",") + single_body_;
@@ -124,8 +127,8 @@ class Run {
     return std::max(milliseconds{1}, std::min(left, milliseconds{(server_wait_s + 30) * 1000}));
   }
 
-  [[nodiscard]] Request post(std::string target, std::string body) const {
-    Request request{http::verb::post, std::move(target), 11};
+  [[nodiscard]] Request post(std::string_view target, std::string body) const {
+    Request request{http::verb::post, target, 11};
     request.set(http::field::host, options_.host);
     request.set(http::field::content_type, "application/json");
     if (options_.prefer_wait_s > 0 && options_.batch == 0) {
@@ -140,13 +143,13 @@ class Run {
   // recorded here; the others are returned to be read.
   asio::awaitable<std::vector<Submitted>> submit(Tally& tally, HttpConnection& connection, long n) {
     const bool batch = options_.batch > 0;
-    const Request request = batch ? post("/v1/jobs:batch", n == options_.batch ? batch_body_ : batch_body(n))
-                                  : post("/v1/jobs", single_body_);
+    // Built once per run: the client's CPU comes out of the same cores as the server's.
+    const Request& request = !batch ? single_request_ : n == options_.batch ? batch_request_ : tail_request(n);
     const auto sent = Clock::now();
     const Exchange exchange = co_await connection.exchange(request, request_timeout(options_.prefer_wait_s));
     tally.count_response(exchange);
     std::vector<Submitted> accepted;
-    const int code = exchange.error ? 0 : exchange.response.result_int();
+    const unsigned code = exchange.error ? 0 : exchange.response.result_int();
     if (code != 200 && code != 202) {
       tally.statuses[exchange.error ? "lost" : "not_admitted"] += n;
       co_return accepted;
@@ -158,7 +161,8 @@ class Run {
       const auto found = body.find("jobs");
       jobs = found != body.end() ? &*found : nullptr;
     }
-    const bool well_formed = jobs != nullptr && (batch ? jobs->is_array() && std::ssize(*jobs) == n : jobs->is_object());
+    const bool well_formed =
+        jobs != nullptr && (batch ? jobs->is_array() && std::ssize(*jobs) == n : jobs->is_object());
     if (!well_formed) {
       tally.statuses["lost"] += n;
       co_return accepted;
@@ -214,7 +218,9 @@ class Run {
   bench::LoadPlan& plan_;
   Clock::time_point deadline_;
   std::string single_body_;
-  std::string batch_body_;
+  Request single_request_;
+  Request batch_request_;
+  std::optional<Request> tail_request_;  // the last, shorter batch
 };
 
 using Worker = asio::awaitable<void> (Run::*)(Shard&, HttpConnection&);
@@ -239,22 +245,29 @@ double seconds_between(Clock::time_point from, Clock::time_point to) {
 void add_options(CLI::App& app, Options& options) {
   app.add_option("--host", options.host, "server address (loopback only)")->check(CLI::IsMember({"127.0.0.1"}));
   app.add_option("--port", options.port, "server port")->required();
-  app.add_option("-c,--concurrency", options.concurrency, "connections, each one request at a time")->check(CLI::Range(1, 20000));
+  app.add_option("-c,--concurrency", options.concurrency, "connections, each one request at a time")
+      ->check(CLI::Range(1, 20000));
   app.add_option("--threads", options.threads, "io threads (each with its own io_context)")->check(CLI::Range(1, 8));
   app.add_option("-n,--count", options.count, "jobs (or plain requests) to start")->check(CLI::Range(1L, 10'000'000L));
-  app.add_option("-d,--duration", options.duration_s, "stop starting new work after S seconds (0: no cap)")->check(CLI::Range(0.0, 3600.0));
-  app.add_option("--deadline", options.deadline_s, "hard bound on the whole run in seconds")->check(CLI::Range(1.0, 3600.0));
+  app.add_option("-d,--duration", options.duration_s, "stop starting new work after S seconds (0: no cap)")
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--deadline", options.deadline_s, "hard bound on the whole run in seconds")
+      ->check(CLI::Range(1.0, 3600.0));
   app.add_option("--type", options.type, "job type");
-  app.add_option("--model", options.model, "auto, thread or process")->check(CLI::IsMember({"auto", "thread", "process"}));
+  app.add_option("--model", options.model, "auto, thread or process")
+      ->check(CLI::IsMember({"auto", "thread", "process"}));
   app.add_option("--input", options.input, "job input as JSON")->check([](const std::string& text) {
     return json::accept(text) ? std::string{} : std::string{"--input is not JSON"};
   });
   app.add_option("--timeout-ms", options.timeout_ms, "job timeout_ms (0: the server's default)");
-  app.add_option("--batch", options.batch, "submit K jobs per POST /v1/jobs:batch (0: single POST /v1/jobs)")->check(CLI::Range(0, 1000));
-  app.add_option("--prefer-wait", options.prefer_wait_s, "Prefer: wait=N seconds on single submits (0: none)")->check(CLI::Range(0, 3600));
+  app.add_option("--batch", options.batch, "submit K jobs per POST /v1/jobs:batch (0: single POST /v1/jobs)")
+      ->check(CLI::Range(0, 1000));
+  app.add_option("--prefer-wait", options.prefer_wait_s, "Prefer: wait=N seconds on single submits (0: none)")
+      ->check(CLI::Range(0, 3600));
   app.add_option("--poll-wait", options.poll_wait_s, "?wait=N seconds on each long-poll")->check(CLI::Range(1, 3600));
   app.add_flag("--submit-first", options.submit_first, "submit every job first, then read them all");
-  app.add_option("--plain", options.plain_method, "plain mode: hammer this method (GET, POST) on --path")->check(CLI::IsMember({"GET", "POST"}));
+  app.add_option("--plain", options.plain_method, "plain mode: hammer this method (GET, POST) on --path")
+      ->check(CLI::IsMember({"GET", "POST"}));
   app.add_option("--path", options.plain_path, "plain mode: target");
   app.add_option("--body", options.plain_body, "plain mode: JSON body");
   app.add_option("--interval-ms", options.interval_ms, "plain mode: pause between a connection's requests (a probe)")
@@ -278,9 +291,11 @@ int main(int argc, char** argv) {
 
   const auto start = Clock::now();
   const auto stop_starting_at =
-      options.duration_s > 0 ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.duration_s))
-                             : Clock::time_point::max();
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.deadline_s));
+      options.duration_s > 0
+          ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.duration_s))
+          : Clock::time_point::max();
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.deadline_s));
   bench::LoadPlan plan(options.count, std::min(stop_starting_at, deadline));
   Run run(options, plan, deadline);
 

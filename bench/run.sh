@@ -5,7 +5,7 @@
 # bench/results/<date>/results.md, results.json and PNG plots.
 #
 # Usage: bench/run.sh [--quick] [--runs N] [--out DIR]
-#   --quick   one short run of each scenario (about 2 minutes on 2 cores), written to
+#   --quick   one short run of each scenario (about 1 minute on 2 cores), written to
 #             bench/results/<date>-quick/; the full run (5 runs, medians) takes about 10 minutes.
 # Needs the packages of `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3).
 # Only 127.0.0.1 is ever a target. Every process started is stopped on exit, error or Ctrl-C.
