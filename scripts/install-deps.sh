@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Switchyard needs to build and test, from Debian 12 packages only.
 # Idempotent: packages already installed are skipped; nothing is downloaded outside apt.
-# Usage: scripts/install-deps.sh [--test|--deploy|--fuzz]
+# Usage: scripts/install-deps.sh [--test|--deploy|--fuzz|--bench]
 #   --deploy adds podman and what it needs to build and run the image here (CONTAINERS.md) and
 #            Prometheus with promtool; --test adds what the test suite needs (which includes the
 #            deploy tests: the image built with podman, a real Prometheus scraping the service);
 #   --fuzz adds clang-14 and its runtime libraries (libFuzzer, ASan, UBSan) for the fuzz preset
 #            and scripts/fuzz.sh.
+#   --bench adds what bench/run.sh needs: wrk, nginx (the ceiling: Debian 12's `nginx` package
+#            holds the server binary; the suite runs its own instance, not the system service),
+#            gnuplot-nox for the plots, python3 for the harness, and linux-perf for profiling.
 set -euo pipefail
 
 build_pkgs=(
@@ -18,10 +21,13 @@ build_pkgs=(
 test_pkgs=(curl python3 python3-pytest python3-yaml procps postgresql)
 deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
 fuzz_pkgs=(clang-14 libclang-rt-14-dev)
+bench_pkgs=(wrk nginx gnuplot-nox python3 procps linux-perf)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-}" == "--deploy" ]]; then
   want=("${deploy_pkgs[@]}")
+elif [[ "${1:-}" == "--bench" ]]; then
+  want+=("${bench_pkgs[@]}")  # run.sh builds the bench preset, so the build packages too
 elif [[ "${1:-}" == "--fuzz" ]]; then
   want+=("${fuzz_pkgs[@]}")  # the fuzzers are built here, so the build packages too
 elif [[ "${1:-}" == "--test" ]]; then

@@ -1,0 +1,264 @@
+"""Process plumbing for bench/scenarios.py: the servers (Switchyard, nginx), the load tools
+(switchyard_loadgen, wrk, switchyard_bare_fork) and a /proc sampler.
+
+Every process started here is registered and stopped by ``stop_all()`` (TERM, then KILL), and
+dies with this one (PR_SET_PDEATHSIG) if it is killed outright. Every tool call has a timeout.
+Traffic goes to 127.0.0.1 only.
+"""
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+
+HOST = "127.0.0.1"
+_STARTED = []
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - non-glibc
+    _prctl = None
+
+
+def _die_with_parent():
+    if _prctl is not None:
+        _prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def spawn(args, **kwargs):
+    """Popen that is registered for stop_all() and dies with this process."""
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, **kwargs)
+    _STARTED.append(proc)
+    return proc
+
+
+def stop(proc, grace=5.0):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if proc in _STARTED:
+        _STARTED.remove(proc)
+
+
+def stop_all():
+    for proc in list(_STARTED):
+        stop(proc)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def http_status(port, path, timeout=1.0):
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=timeout) as resp:
+            return resp.status
+    except OSError:
+        return None
+
+
+def wait_for(port, path, proc, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it answered")
+        if http_status(port, path) == 200:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.args[0]} did not answer {path} within {timeout}s")
+
+
+class Switchyard:
+    """The server under test on a free loopback port, in memory, diagnostics on."""
+
+    def __init__(self, binary, flags=()):
+        self.port = free_port()
+        args = [binary, "--listen", f"{HOST}:{self.port}", "--diagnostics", "--log-level", "warn"]
+        if "--store" in subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout:
+            args += ["--store", "memory"]  # durable stores are benchmarked separately
+        self.args = args + list(flags)
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = spawn(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self.port, "/readyz", self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.proc, grace=15.0)
+        self.log.close()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stats(self):
+        with urllib.request.urlopen(f"http://{HOST}:{self.port}/v1/stats", timeout=5) as resp:
+            return json.load(resp)
+
+
+NGINX_CONF = """\
+{user}worker_processes {workers};
+daemon off;
+master_process on;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  keepalive_requests 100000000;
+  server {{
+    listen {host}:{port};
+    default_type application/json;
+    location = /healthz {{ return 200 '{health}'; }}
+    location = /v1/jobs {{ return 202 '{job}'; }}
+  }}
+}}
+"""
+
+# Bodies of the sizes Switchyard answers with: /healthz, and a 202 to POST /v1/jobs.
+NGINX_HEALTH = '{"status":"ok"}'
+NGINX_JOB = ('{"attempts":0,"cpu_ms":null,"created_at":"2026-11-25T09:59:00.262Z","error":null,'
+             '"finished_at":null,"id":"01a21224-efa6-7077-a656-a546cb3fda1b","input":{},"model":"thread",'
+             '"priority":0,"queue_ms":null,"result":null,"run_ms":null,"started_at":null,"status":"queued",'
+             '"timeout_ms":30000,"type":"noop","worker_pid":null}')
+
+
+class Nginx:
+    """Debian's nginx with its own prefix and configuration in a temp dir, not the system service."""
+
+    def __init__(self, workers):
+        self.root = tempfile.mkdtemp(prefix="switchyard-bench-nginx-")
+        self.port = free_port()
+        conf = NGINX_CONF.format(user="user root;\n" if os.getuid() == 0 else "", workers=workers,
+                                 root=self.root, host=HOST, port=self.port, health=NGINX_HEALTH, job=NGINX_JOB)
+        self.conf = os.path.join(self.root, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = spawn(["nginx", "-p", self.root, "-c", self.conf, "-e", f"{self.root}/error.log"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.port, "/healthz", self.proc)
+        return self
+
+    def __exit__(self, *exc):
+        stop(self.proc)  # SIGTERM: nginx's fast shutdown, workers included
+
+
+def run_json(args, timeout):
+    """Runs a tool that prints one JSON object; exit status 1 (some job not succeeded) still
+    gives its report, which carries the counts."""
+    proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        stop(proc)
+    if proc.returncode not in (0, 1) or not out.strip():
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {err.strip()[-500:]}")
+    return json.loads(out)
+
+
+class Tools:
+    """Paths of the bench binaries and the shared bounds of every call."""
+
+    def __init__(self, build_dir):
+        self.switchyard = os.path.join(build_dir, "server", "switchyard")
+        self.loadgen_bin = os.path.join(build_dir, "bench", "switchyard_loadgen")
+        self.bare_fork_bin = os.path.join(build_dir, "bench", "switchyard_bare_fork")
+
+    def loadgen(self, port, *args, deadline=120):
+        return run_json([self.loadgen_bin, "--port", str(port), "--deadline", str(deadline), *map(str, args)],
+                        timeout=deadline + 30)
+
+    def loadgen_async(self, port, *args, deadline=120):
+        """A loadgen running in the background; finish it with ``collect``."""
+        argv = [self.loadgen_bin, "--port", str(port), "--deadline", str(deadline), *map(str, args)]
+        return spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), deadline + 30
+
+    @staticmethod
+    def collect(started):
+        proc, timeout = started
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        finally:
+            stop(proc)
+        return json.loads(out)
+
+    def bare_fork(self, *args):
+        return run_json([self.bare_fork_bin, *map(str, args)], timeout=300)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url, connections, seconds, script=None):
+    """wrk -t1 with --latency; returns {"rps", "p50", "p90", "p99" (ms), "non_2xx", "socket_errors"}."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    proc = spawn(args + [url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds + 30)
+    finally:
+        stop(proc)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not rps:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    result = {"rps": float(rps.group(1))}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        result[f"p{pct}"] = float(m.group(1)) * _UNITS[m.group(2)] if m else None
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
+    return result
+
+
+class ProcSampler(threading.Thread):
+    """Samples a process's VmRSS and thread count every ``interval`` s until stopped."""
+
+    def __init__(self, pid, interval=0.02):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_rss_kb, self.max_threads = 0, 0
+        self._stop_event = threading.Event()
+
+    def read(self):
+        fields = {}
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields[key] = value.split()
+        return int(fields["VmRSS"][0]), int(fields["Threads"][0])
+
+    def run(self):
+        while not self._stop_event.is_set():
+            rss, threads = self.read()
+            self.peak_rss_kb, self.max_threads = max(self.peak_rss_kb, rss), max(self.max_threads, threads)
+            self._stop_event.wait(self.interval)
+
+    def finish(self):
+        self._stop_event.set()
+        self.join(5)

@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""The benchmark scenarios of issue 4, each measured against its ceiling in the same run.
+
+Called by bench/run.sh (which builds the binaries first). Each scenario is a function that runs
+once and returns a flat dict of figures; main() runs every scenario --runs times, takes the
+median of each figure (ratios are taken per run, against the ceiling of that same run, then the
+median), and hands everything to report.py. A load tool that reports a job not `succeeded`
+is recorded under "problems" and shown in results.md, never dropped.
+"""
+
+import argparse
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import harness
+import report
+from harness import Nginx, ProcSampler, Switchyard, wrk
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# A busy machine: big queues so that admission never refuses a benchmark's jobs.
+SERVER_FLAGS = ("--queue-limit", "1000000", "--retain-jobs", "20000", "--max-connections", "20000",
+                "--thread-concurrency", "20000", "--drain-grace-ms", "1000")
+
+
+@dataclass
+class Plan:
+    """How long and how often; --quick shrinks durations and counts, never the scenarios."""
+    runs: int = 5
+    wrk_s: int = 5
+    wrk_connections: int = 32
+    sweep: tuple = (1, 4, 16, 64, 256)
+    sweep_jobs: int = 50000
+    sweep_s: float = 3.0
+    moderate_concurrency: int = 4
+    cpu_batches: tuple = ((400, 10), (4000, 1))  # (jobs, burn ms)
+    io_jobs: int = 10000
+    io_sleep_ms: int = 1000
+    mixed_s: float = 4.0
+    compare_s: float = 3.0
+
+    @classmethod
+    def quick(cls):
+        return cls(runs=1, wrk_s=2, sweep=(1, 4, 16, 64), sweep_jobs=10000, sweep_s=1.0, cpu_batches=((100, 10), (1000, 1)),
+                   mixed_s=2.0, compare_s=1.5)
+
+
+class Context:
+    def __init__(self, tools, plan):
+        self.tools, self.plan = tools, plan
+        self.cores = os.cpu_count() or 1
+        self.problems = []
+        self.sweep_rows = []  # one run's (model, concurrency, jobs/s, p50, p99)
+
+    def check(self, label, result):
+        """Records a load run whose jobs did not all succeed (or whose requests failed)."""
+        if not result.get("ok", False):
+            counts = result.get("jobs", {}).get("by_status") or result.get("http", {}).get("by_code")
+            self.problems.append(f"{label}: {counts}")
+        return result
+
+
+def e2e(result, key="p99"):
+    return result["latency_ms"]["end_to_end"][key]
+
+
+def scenario_http(ctx):
+    """1. GET /healthz and POST /v1/jobs (noop, no wait) with wrk, against nginx."""
+    post_lua = os.path.join(BENCH_DIR, "post_noop.lua")
+    p = ctx.plan
+    figures = {}
+    measured = []
+    # Both servers up at once, so that each of our figures is taken right after its ceiling.
+    with Nginx(workers=ctx.cores) as nginx, Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        for name, path, script in (("healthz", "/healthz", None), ("post", "/v1/jobs", post_lua)):
+            ceiling = wrk(f"http://127.0.0.1:{nginx.port}{path}", p.wrk_connections, p.wrk_s, script)
+            ours = wrk(f"http://127.0.0.1:{sy.port}{path}", p.wrk_connections, p.wrk_s, script)
+            measured.append((name, ours, ceiling))
+    for name, ours, ceiling in measured:
+        figures[f"http_{name}_rps"] = ours["rps"]
+        figures[f"http_{name}_nginx_rps"] = ceiling["rps"]
+        figures[f"http_{name}_ratio"] = ours["rps"] / ceiling["rps"]
+        figures[f"http_{name}_p99_ms"] = ours["p99"]
+        figures[f"http_{name}_nginx_p99_ms"] = ceiling["p99"]
+        if ours["non_2xx"] or ours["socket_errors"]:
+            ctx.problems.append(f"wrk {name}: {ours['non_2xx']} non-2xx, {ours['socket_errors']} socket errors")
+    return figures
+
+
+def scenario_dispatch(ctx):
+    """2. noop jobs submitted with Prefer: wait, end to end, per model, over a concurrency sweep."""
+    p = ctx.plan
+    figures = {}
+    ctx.sweep_rows = []
+    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        for model in ("thread", "process"):
+            best = 0.0
+            for c in p.sweep:
+                r = ctx.check(f"noop {model} c={c}", ctx.tools.loadgen(
+                    sy.port, "--type", "noop", "--model", model, "-c", c, "-n", p.sweep_jobs,
+                    "-d", p.sweep_s, "--prefer-wait", 10))
+                rate = r["jobs"]["per_s"]
+                best = max(best, rate)
+                ctx.sweep_rows.append((model, c, rate, e2e(r, "p50"), e2e(r, "p99")))
+                figures[f"noop_{model}_c{c}_jobs_s"] = rate
+                figures[f"noop_{model}_c{c}_p99_ms"] = e2e(r)
+            figures[f"noop_{model}_peak_jobs_s"] = best
+            figures[f"noop_{model}_moderate_p99_ms"] = figures[f"noop_{model}_c{p.moderate_concurrency}_p99_ms"]
+            r = ctx.check(f"noop {model} batch", ctx.tools.loadgen(
+                sy.port, "--type", "noop", "--model", model, "-c", 4, "--batch", 100, "-n", p.sweep_jobs,
+                "-d", p.sweep_s))
+            figures[f"noop_{model}_batch_jobs_s"] = r["jobs"]["per_s"]
+    return figures
+
+
+def scenario_cpu(ctx):
+    """3. burn jobs on the process model (one worker per core) against bare forked processes."""
+    figures = {}
+    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS + ("--process-workers", str(ctx.cores))) as sy:
+        for jobs, ms in ctx.plan.cpu_batches:
+            key = f"burn{ms}ms"
+            before = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
+            r = ctx.check(f"burn {ms} ms x{jobs}", ctx.tools.loadgen(
+                sy.port, "--type", "burn", "--input", f'{{"ms":{ms}}}', "-c", 4 * ctx.cores, "-n", jobs,
+                "--prefer-wait", 60))
+            after = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
+            piped = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "pipe")
+            # The ceiling brackets our run in time (before and after), so that a load on the
+            # shared machine that rises or falls during the scenario weighs on both sides alike.
+            bare = {"wall_s": (before["wall_s"] + after["wall_s"]) / 2}
+            figures[f"{key}_wall_s"] = r["elapsed_s"]
+            figures[f"{key}_bare_wall_s"] = bare["wall_s"]
+            figures[f"{key}_pipe_efficiency"] = piped["wall_s"] / r["elapsed_s"]
+            figures[f"{key}_pipe_wall_s"] = piped["wall_s"]
+            figures[f"{key}_efficiency"] = bare["wall_s"] / r["elapsed_s"]
+            figures[f"{key}_jobs"] = jobs
+    return figures
+
+
+def scenario_io(ctx):
+    """4. 10,000 sleep jobs of 1 s in flight at once: wall vs ideal, RSS and threads from /proc."""
+    p = ctx.plan
+    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        sampler = ProcSampler(sy.pid)
+        rss_before_kb, threads_before = sampler.read()
+        sampler.start()
+        try:
+            # Ten batches of 1,000 put every job in flight within a fraction of the sleep; then
+            # 200 connections long-poll them all.
+            r = ctx.check("io sleep", ctx.tools.loadgen(
+                sy.port, "--type", "sleep", "--input", f'{{"ms":{p.io_sleep_ms}}}', "-n", p.io_jobs,
+                "--batch", 1000, "-c", 200, "--submit-first", "--poll-wait", 30))
+        finally:
+            sampler.finish()
+    ideal_s = p.io_jobs * p.io_sleep_ms / 1000 / p.io_jobs  # total wait / concurrency
+    wall_s = r["server_span_s"] if r["server_span_s"] is not None else r["elapsed_s"]
+    return {
+        "io_wall_s": wall_s,
+        "io_client_wall_s": r["elapsed_s"],
+        "io_submit_s": r["submit_phase_s"],
+        "io_ideal_s": ideal_s,
+        "io_ideal_plus_submit_s": ideal_s + r["submit_phase_s"],
+        "io_ratio": wall_s / (ideal_s + r["submit_phase_s"]),
+        "io_rss_before_mb": rss_before_kb / 1024,
+        "io_rss_peak_mb": sampler.peak_rss_kb / 1024,
+        "io_threads_before": threads_before,
+        "io_threads_max": sampler.max_threads,
+    }
+
+
+def sleep_probe(ctx, port, seconds):
+    return ctx.check("sleep 100 ms probe", ctx.tools.loadgen(
+        port, "--type", "sleep", "--input", '{"ms":100}', "-c", 16, "-n", 100000, "-d", seconds,
+        "--prefer-wait", 10))
+
+
+def scenario_mixed(ctx):
+    """5. sleep 100 ms p99, unloaded and while burn jobs keep every CPU worker busy."""
+    s = ctx.plan.mixed_s
+    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        unloaded = sleep_probe(ctx, sy.port, s)
+        burner = ctx.tools.loadgen_async(sy.port, "--type", "burn", "--input", '{"ms":50}', "-c", 4 * ctx.cores,
+                                         "-n", 100000, "-d", s + 2, "--prefer-wait", 30)
+        time.sleep(1.0)  # let the process queue fill
+        busy = sy.stats()["models"]["process"]
+        loaded = sleep_probe(ctx, sy.port, s)
+        burn = ctx.check("burn background", ctx.tools.collect(burner))
+    return {
+        "mixed_unloaded_p99_ms": e2e(unloaded),
+        "mixed_loaded_p99_ms": e2e(loaded),
+        "mixed_delta_p99_ms": e2e(loaded) - e2e(unloaded),
+        "mixed_workers_busy": busy["busy"] / max(busy["workers"], 1),
+        "mixed_burn_jobs_s": burn["jobs"]["per_s"],
+    }
+
+
+COMPARISONS = (  # (name, type, input, model, concurrency)
+    ("burn_process", "burn", '{"ms":10}', "process", 8),
+    ("burn_thread", "burn", '{"ms":10}', "thread", 8),
+    ("sleep_thread", "sleep", '{"ms":100}', "thread", 64),
+    ("sleep_process", "sleep", '{"ms":100}', "process", 64),
+)
+
+
+def scenario_models(ctx):
+    """6. burn and sleep on their own model and forced onto the other, with a /healthz probe."""
+    s = ctx.plan.compare_s
+    figures = {}
+    with Switchyard(ctx.tools.switchyard, SERVER_FLAGS) as sy:
+        for name, job_type, job_input, model, c in COMPARISONS:
+            probe = ctx.tools.loadgen_async(sy.port, "--plain", "GET", "--path", "/healthz", "-c", 1,
+                                            "--interval-ms", 10, "-n", 100000, "-d", s)
+            r = ctx.check(f"compare {name}", ctx.tools.loadgen(
+                sy.port, "--type", job_type, "--input", job_input, "--model", model, "-c", c, "-n", 100000,
+                "-d", s, "--prefer-wait", 60))
+            health = ctx.check(f"healthz probe {name}", ctx.tools.collect(probe))
+            figures[f"cmp_{name}_jobs_s"] = r["jobs"]["per_s"]
+            figures[f"cmp_{name}_e2e_p99_ms"] = e2e(r)
+            figures[f"cmp_{name}_healthz_p99_ms"] = health["latency_ms"]["request"]["p99"]
+    return figures
+
+
+SCENARIOS = (scenario_http, scenario_dispatch, scenario_cpu, scenario_io, scenario_mixed, scenario_models)
+
+
+def median_figures(runs):
+    keys = sorted({k for run in runs for k in run})
+    out = {}
+    for k in keys:
+        values = [run[k] for run in runs if run.get(k) is not None]
+        out[k] = statistics.median(values) if values else None
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build-dir", required=True)
+    parser.add_argument("--out", required=True, help="results directory")
+    parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
+    parser.add_argument("--runs", type=int, help="runs of each scenario (median taken)")
+    args = parser.parse_args()
+    # SIGTERM (run.sh's cleanup) unwinds like Ctrl-C, so the finally below stops every server:
+    # nginx's workers would outlive a master that died without telling them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    plan = Plan.quick() if args.quick else Plan()
+    if args.runs:
+        plan.runs = args.runs
+    ctx = Context(harness.Tools(args.build_dir), plan)
+    started = time.monotonic()
+    runs, sweeps = [], []
+    try:
+        for i in range(plan.runs):
+            figures = {"load_average_1m": os.getloadavg()[0]}  # how busy the shared machine was
+            for scenario in SCENARIOS:
+                print(f"run {i + 1}/{plan.runs}: {scenario.__doc__.splitlines()[0]}", flush=True)
+                figures.update(scenario(ctx))
+            runs.append(figures)
+            sweeps.append(ctx.sweep_rows)
+    finally:
+        harness.stop_all()
+    report.write(args.out, plan=asdict(plan), runs=runs, median=median_figures(runs), sweeps=sweeps,
+                 problems=ctx.problems, elapsed_s=time.monotonic() - started)
+    print(f"results in {args.out} ({time.monotonic() - started:.0f} s)")
+    return 1 if ctx.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
