@@ -10,6 +10,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,13 +83,18 @@ def wait_for(port, path, proc, timeout=15.0):
 
 
 class Switchyard:
-    """The server under test on a free loopback port, in memory, diagnostics on."""
+    """The server under test on a free loopback port, diagnostics on; in memory unless ``store``
+    names another (then ``store_flags`` are added and its data lives in a temp dir)."""
 
-    def __init__(self, binary, flags=()):
+    def __init__(self, binary, flags=(), store="memory", store_flags=()):
         self.port = free_port()
         args = [binary, "--listen", f"{HOST}:{self.port}", "--diagnostics", "--log-level", "warn"]
+        self.data_dir = None
         if "--store" in subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout:
-            args += ["--store", "memory"]  # durable stores are benchmarked separately
+            args += ["--store", store]  # durable stores: scenario 7 only
+            if store != "memory":
+                self.data_dir = tempfile.mkdtemp(prefix="switchyard-bench-data-")
+                args += ["--data-dir", self.data_dir] + list(store_flags)
         self.args = args + list(flags)
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = None
@@ -101,6 +107,8 @@ class Switchyard:
     def __exit__(self, *exc):
         stop(self.proc, grace=15.0)
         self.log.close()
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @property
     def pid(self):

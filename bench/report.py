@@ -69,6 +69,18 @@ ROWS = (
      "cmp_sleep_process_jobs_s", "cmp_sleep_thread_jobs_s", None, "", None),
     ("6 Models", "sleep 100 ms p99 end to end ms: on process (vs on thread)",
      "cmp_sleep_process_e2e_p99_ms", "cmp_sleep_thread_e2e_p99_ms", None, "", None),
+    ("7 Stores", "POST /v1/jobs noop requests/s (wrk): SQLite, fsync per commit (ceiling: memory store)",
+     "store_sqlite_post_rps", "store_memory_post_rps", "store_sqlite_post_ratio", "≥ 0.5× memory",
+     ("ratio", _at_least(0.5))),
+    ("7 Stores", "noop on thread, jobs/s end to end at 16 connections: SQLite, fsync (ceiling: memory store)",
+     "store_sqlite_noop_jobs_s", "store_memory_noop_jobs_s", "store_sqlite_noop_ratio", "≥ 0.5× memory",
+     ("ratio", _at_least(0.5))),
+    ("7 Stores", "POST /v1/jobs noop requests/s: SQLite, --sqlite-sync normal (ceiling: memory store)",
+     "store_sqlite_normal_post_rps", "store_memory_post_rps", "store_sqlite_normal_post_ratio", "", None),
+    ("7 Stores", "noop on thread, jobs/s end to end: SQLite, --sqlite-sync normal (ceiling: memory store)",
+     "store_sqlite_normal_noop_jobs_s", "store_memory_noop_jobs_s", "store_sqlite_normal_noop_ratio", "", None),
+    ("7 Stores", "POST /v1/jobs noop p99 ms: SQLite, fsync (vs memory store)",
+     "store_sqlite_post_p99_ms", "store_memory_post_p99_ms", None, "", None),
 )
 
 

@@ -223,7 +223,37 @@ def scenario_models(ctx):
     return figures
 
 
-SCENARIOS = (scenario_http, scenario_dispatch, scenario_cpu, scenario_io, scenario_mixed, scenario_models)
+STORES = (("memory", "memory", ()),
+          ("sqlite", "sqlite", ("--sqlite-sync", "full")),
+          ("sqlite_normal", "sqlite", ("--sqlite-sync", "normal")))
+
+
+def scenario_stores(ctx):
+    """7. The durable store (issue 6): submissions and noop jobs end to end, SQLite against memory."""
+    p = ctx.plan
+    post_lua = os.path.join(BENCH_DIR, "post_noop.lua")
+    figures = {}
+    for name, store, flags in STORES:
+        with Switchyard(ctx.tools.switchyard, SERVER_FLAGS, store=store, store_flags=flags) as sy:
+            posted = wrk(f"http://127.0.0.1:{sy.port}/v1/jobs", p.wrk_connections, p.wrk_s, post_lua)
+            if posted["non_2xx"] or posted["socket_errors"]:
+                ctx.problems.append(f"wrk store {name}: {posted['non_2xx']} non-2xx, "
+                                    f"{posted['socket_errors']} socket errors")
+            r = ctx.check(f"noop thread store {name}", ctx.tools.loadgen(
+                sy.port, "--type", "noop", "--model", "thread", "-c", 16, "-n", p.sweep_jobs,
+                "-d", p.sweep_s, "--prefer-wait", 10))
+        figures[f"store_{name}_post_rps"] = posted["rps"]
+        figures[f"store_{name}_post_p99_ms"] = posted["p99"]
+        figures[f"store_{name}_noop_jobs_s"] = r["jobs"]["per_s"]
+        figures[f"store_{name}_noop_p99_ms"] = e2e(r)
+    for name in ("sqlite", "sqlite_normal"):
+        figures[f"store_{name}_post_ratio"] = figures[f"store_{name}_post_rps"] / figures["store_memory_post_rps"]
+        figures[f"store_{name}_noop_ratio"] = figures[f"store_{name}_noop_jobs_s"] / figures["store_memory_noop_jobs_s"]
+    return figures
+
+
+SCENARIOS = (scenario_http, scenario_dispatch, scenario_cpu, scenario_io, scenario_mixed, scenario_models,
+             scenario_stores)
 
 
 def median_figures(runs):
