@@ -90,6 +90,8 @@ def table_rows(median, runs):
         spread_key = ratio_key or ours_key
         per_run = [run[spread_key] for run in runs if run.get(spread_key) is not None]
         ours = median.get(ours_key)
+        if ours is None:
+            continue  # its scenario was not run (run.sh --only)
         ceiling = median.get(ceiling_key) if ceiling_key else None
         if ratio_key:
             ratio = median.get(ratio_key)
@@ -198,12 +200,14 @@ def write_markdown(path, info, rows, sweep, problems):
         spread = "—" if r["spread"] is None else "–".join(_fmt_spread(r, v) for v in r["spread"])
         lines.append(f"| {r['scenario']} | {r['measure']} | {_fmt(r['ours'])} | {_fmt(r['ceiling'])} | "
                      f"{_fmt_ratio(r)} | {r['goal'] or '—'} | {met} | {spread} |")
-    lines += ["", "## noop jobs against concurrency (Prefer: wait, end to end)", "",
-              "| model | connections | jobs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
-    for (model, c), (rate, p50, p99) in sweep.items():
-        lines.append(f"| {model} | {c} | {_fmt(rate)} | {p50:.3f} | {p99:.3f} |")
-    lines += ["", "![jobs/s against concurrency](throughput.png)", "", "![latency against concurrency](latency.png)",
-              "", "## Problems", ""]
+    if sweep:  # scenario 2 ran
+        lines += ["", "## noop jobs against concurrency (Prefer: wait, end to end)", "",
+                  "| model | connections | jobs/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+        for (model, c), (rate, p50, p99) in sweep.items():
+            lines.append(f"| {model} | {c} | {_fmt(rate)} | {p50:.3f} | {p99:.3f} |")
+        lines += ["", "![jobs/s against concurrency](throughput.png)", "",
+                  "![latency against concurrency](latency.png)"]
+    lines += ["", "## Problems", ""]
     lines += [f"- {p}" for p in problems] or ["None: every job of every run ended `succeeded`."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -221,7 +225,8 @@ def write(out_dir, *, plan, runs, median, sweeps, problems, elapsed_s, info=None
                    "sweep": [{"model": k[0], "concurrency": k[1], "jobs_per_s": v[0], "p50_ms": v[1], "p99_ms": v[2]}
                              for k, v in sweep.items()]}, f, indent=1)
     write_markdown(os.path.join(out_dir, "results.md"), {**info, "runs": runs}, rows, sweep, problems)
-    write_plots(out_dir, sweep)
+    if sweep:
+        write_plots(out_dir, sweep)
 
 
 def rerender(out_dir):

@@ -4,9 +4,10 @@
 # ceiling (nginx, bare forked processes, the ideal wall time) and writes
 # bench/results/<date>/results.md, results.json and PNG plots.
 #
-# Usage: bench/run.sh [--quick] [--runs N] [--out DIR]
+# Usage: bench/run.sh [--quick] [--runs N] [--out DIR] [--only 1,2,...]
 #   --quick   one short run of each scenario (about 1 minute on 2 cores), written to
 #             bench/results/<date>-quick/; the full run (5 runs, medians) takes about 10 minutes.
+#   --only    the scenarios with these numbers (1-7) only
 # Needs the packages of `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3).
 # Only 127.0.0.1 is ever a target. Every process started is stopped on exit, error or Ctrl-C.
 set -euo pipefail
@@ -14,12 +15,14 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 quick=()
 runs=()
+only=()
 out=""
 while (($#)); do
   case "$1" in
     --quick) quick=(--quick) ;;
     --runs) runs=(--runs "$2"); shift ;;
     --out) out="$2"; shift ;;
+    --only) only=(--only "$2"); shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -49,6 +52,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-python3 "$root/bench/scenarios.py" --build-dir "$root/build/bench" --out "$out" "${quick[@]}" "${runs[@]}" &
+python3 "$root/bench/scenarios.py" --build-dir "$root/build/bench" --out "$out" "${quick[@]}" "${runs[@]}" "${only[@]}" &
 child=$!
 wait "$child"

@@ -235,13 +235,14 @@ def scenario_stores(ctx):
     figures = {}
     for name, store, flags in STORES:
         with Switchyard(ctx.tools.switchyard, SERVER_FLAGS, store=store, store_flags=flags) as sy:
+            # End to end first: wrk's submissions below leave a backlog of queued jobs behind.
+            r = ctx.check(f"noop thread store {name}", ctx.tools.loadgen(
+                sy.port, "--type", "noop", "--model", "thread", "-c", 16, "-n", p.sweep_jobs,
+                "-d", p.sweep_s, "--prefer-wait", 10))
             posted = wrk(f"http://127.0.0.1:{sy.port}/v1/jobs", p.wrk_connections, p.wrk_s, post_lua)
             if posted["non_2xx"] or posted["socket_errors"]:
                 ctx.problems.append(f"wrk store {name}: {posted['non_2xx']} non-2xx, "
                                     f"{posted['socket_errors']} socket errors")
-            r = ctx.check(f"noop thread store {name}", ctx.tools.loadgen(
-                sy.port, "--type", "noop", "--model", "thread", "-c", 16, "-n", p.sweep_jobs,
-                "-d", p.sweep_s, "--prefer-wait", 10))
         figures[f"store_{name}_post_rps"] = posted["rps"]
         figures[f"store_{name}_post_p99_ms"] = posted["p99"]
         figures[f"store_{name}_noop_jobs_s"] = r["jobs"]["per_s"]
@@ -271,6 +272,7 @@ def main():
     parser.add_argument("--out", required=True, help="results directory")
     parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
     parser.add_argument("--runs", type=int, help="runs of each scenario (median taken)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-7) to run; default all")
     args = parser.parse_args()
     # SIGTERM (run.sh's cleanup) unwinds like Ctrl-C, so the finally below stops every server:
     # nginx's workers would outlive a master that died without telling them.
@@ -279,12 +281,16 @@ def main():
     if args.runs:
         plan.runs = args.runs
     ctx = Context(harness.Tools(args.build_dir), plan)
+    chosen = SCENARIOS
+    if args.only:
+        wanted = {int(n) for n in args.only.split(",")}
+        chosen = tuple(s for i, s in enumerate(SCENARIOS, 1) if i in wanted)
     started = time.monotonic()
     runs, sweeps = [], []
     try:
         for i in range(plan.runs):
             figures = {"load_average_1m": os.getloadavg()[0]}  # how busy the shared machine was
-            for scenario in SCENARIOS:
+            for scenario in chosen:
                 print(f"run {i + 1}/{plan.runs}: {scenario.__doc__.splitlines()[0]}", flush=True)
                 figures.update(scenario(ctx))
             runs.append(figures)
