@@ -372,15 +372,16 @@ void SqliteJobStore::writer_loop() {
     lock.unlock();
     const auto started = std::chrono::steady_clock::now();
     const bool ok = batch.empty() || commit(batch);
-    for (auto& done : waiters) done(ok);
+    if (ok && !batch.empty()) {
+      std::lock_guard count(queue_mutex_);  // counted before anyone is told it is durable
+      ++commits_;
+    }
     if (observer && !batch.empty()) {
       observer(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), batch.size(), ok);
     }
+    for (auto& done : waiters) done(ok);
     lock.lock();
-    if (ok) {
-      if (!batch.empty()) ++commits_;
-      continue;
-    }
+    if (ok) continue;
     // Keep the changes, in order, and try again shortly (a full disk may be cleared); at
     // shutdown give up after the one more try.
     batch.insert(batch.end(), std::make_move_iterator(pending_.begin()), std::make_move_iterator(pending_.end()));

@@ -272,7 +272,9 @@ def test_store_metrics(server_factory, data_dir):
     commits = sy.metric_sum(samples, "switchyard_store_commits_total", result="ok")
     assert commits >= 1
     assert sy.metric_sum(samples, "switchyard_store_commits_total", result="error") == 0
-    assert sy.metric_sum(samples, "switchyard_store_commit_seconds_count") == commits
+    # A commit may land between the two samples of one scrape (the jobs' last states are
+    # written after their waiters are woken).
+    assert abs(sy.metric_sum(samples, "switchyard_store_commit_seconds_count") - commits) <= 1
     # 20 inserts, 20 starts, 20 ends at least, fewer when a batch carries several states of one job.
     assert sy.metric_sum(samples, "switchyard_store_changes_total") >= 20
 
