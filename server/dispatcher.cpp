@@ -315,11 +315,10 @@ api::SubmitResult Dispatcher::admit(std::vector<api::JobRequest>& requests,
     counters_[static_cast<std::size_t>(model_index(job.model))].submitted.fetch_add(1);
     metrics_.job_submitted(job.model, job.type);
     if (idempotency_key) record.job_ids.push_back(job.id);
-    result.jobs.push_back(job);
     runs.emplace_back(std::move(run), job.model);
-    store_->insert(std::move(job));
+    result.jobs.push_back(std::move(job));
   }
-  if (idempotency_key) store_->remember_key(*idempotency_key, std::move(record));
+  store_->insert_all(result.jobs, idempotency_key, std::move(record));
   return result;
 }
 

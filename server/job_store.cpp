@@ -2,6 +2,12 @@
 
 namespace switchyard::server {
 
+void JobStore::insert_all(const std::vector<api::Job>& jobs, const std::optional<std::string>& key,
+                          IdempotencyRecord record) {
+  for (const auto& job : jobs) insert(job);
+  if (key) remember_key(*key, std::move(record));
+}
+
 MemoryJobStore::MemoryJobStore(std::size_t retain_terminal) : retain_terminal_(retain_terminal) {}
 
 void MemoryJobStore::insert(api::Job job) {

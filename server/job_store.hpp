@@ -37,6 +37,10 @@ class JobStore {
 
   /// Adds a new job (status queued).
   virtual void insert(api::Job job) = 0;
+  /// Adds jobs accepted together and, with `key`, the Idempotency-Key that made them: one
+  /// change, which a durable store writes in one transaction (a crash keeps all or none).
+  virtual void insert_all(const std::vector<api::Job>& jobs, const std::optional<std::string>& key,
+                          IdempotencyRecord record);
   /// The job, or nullptr. The pointer is valid until the next non-const call.
   [[nodiscard]] virtual const api::Job* find(const std::string& id) const = 0;
   /// Applies `change` to the job; false if it is unknown.

@@ -170,17 +170,28 @@ int lock_data_dir(const std::filesystem::path& dir) {
 
 }  // namespace
 
+struct SqliteJobStore::Statements {
+  explicit Statements(sqlite3* db)
+      : put_job(db, "INSERT OR REPLACE INTO jobs (id, status, doc) VALUES (?1, ?2, ?3)"),
+        drop_job(db, "DELETE FROM jobs WHERE id = ?1"),
+        put_key(db, "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, job_ids) VALUES (?1, ?2, ?3)"),
+        drop_key(db, "DELETE FROM idempotency_keys WHERE key = ?1") {}
+  Statement put_job, drop_job, put_key, drop_key;
+};
+
 SqliteJobStore::SqliteJobStore(const std::filesystem::path& data_dir, std::size_t retain_terminal, bool full_sync)
-    : data_dir_(data_dir), path_(data_dir / "switchyard.db"), memory_(retain_terminal) {
+    : path_(data_dir / "switchyard.db"), memory_(retain_terminal) {
   std::error_code error;
-  std::filesystem::create_directories(data_dir_, error);
-  if (error) throw StoreError("cannot create the data directory " + data_dir_.string() + ": " + error.message());
-  lock_fd_ = lock_data_dir(data_dir_);
+  std::filesystem::create_directories(data_dir, error);
+  if (error) throw StoreError("cannot create the data directory " + data_dir.string() + ": " + error.message());
+  lock_fd_ = lock_data_dir(data_dir);
   try {
     open_database(full_sync);
     migrate();
     load();
+    statements_ = std::make_unique<Statements>(db_);
   } catch (...) {
+    statements_.reset();
     if (db_ != nullptr) sqlite3_close(db_);
     ::close(lock_fd_);
     throw;
@@ -195,6 +206,7 @@ SqliteJobStore::~SqliteJobStore() {
   }
   queue_changed_.notify_one();
   writer_.join();
+  statements_.reset();  // finalized before the connection closes
   sqlite3_close(db_);
   ::close(lock_fd_);
 }
@@ -312,6 +324,29 @@ void SqliteJobStore::enqueue(Change change) {
   queue_changed_.notify_one();
 }
 
+void SqliteJobStore::enqueue(std::vector<Change> changes) {
+  {
+    std::lock_guard lock(queue_mutex_);
+    for (auto& change : changes) pending_.push_back(std::move(change));
+  }
+  queue_changed_.notify_one();
+}
+
+void SqliteJobStore::insert_all(const std::vector<api::Job>& jobs, const std::optional<std::string>& key,
+                                IdempotencyRecord record) {
+  std::vector<Change> changes;
+  changes.reserve(jobs.size() + 1);
+  for (const auto& job : jobs) {
+    memory_.insert(job);
+    changes.emplace_back(PutJob{job});
+  }
+  if (key) {
+    memory_.remember_key(*key, record);
+    changes.emplace_back(PutKey{*key, std::move(record)});
+  }
+  enqueue(std::move(changes));
+}
+
 void SqliteJobStore::insert(api::Job job) {
   memory_.insert(job);
   enqueue(PutJob{std::move(job)});
@@ -399,10 +434,7 @@ void SqliteJobStore::writer_loop() {
 bool SqliteJobStore::commit(const std::vector<Change>& batch) {
   try {
     exec("BEGIN IMMEDIATE;");
-    Statement put_job(db_, "INSERT OR REPLACE INTO jobs (id, status, doc) VALUES (?1, ?2, ?3)");
-    Statement drop_job(db_, "DELETE FROM jobs WHERE id = ?1");
-    Statement put_key(db_, "INSERT OR REPLACE INTO idempotency_keys (key, fingerprint, job_ids) VALUES (?1, ?2, ?3)");
-    Statement drop_key(db_, "DELETE FROM idempotency_keys WHERE key = ?1");
+    auto& [put_job, drop_job, put_key, drop_key] = *statements_;
     // A job submitted, started and finished within one batch is written once, in its last state.
     std::vector<bool> superseded(batch.size(), false);
     std::unordered_set<std::string_view> later;

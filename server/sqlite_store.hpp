@@ -47,6 +47,8 @@ class SqliteJobStore final : public JobStore {
   SqliteJobStore& operator=(const SqliteJobStore&) = delete;
 
   void insert(api::Job job) override;
+  void insert_all(const std::vector<api::Job>& jobs, const std::optional<std::string>& key,
+                  IdempotencyRecord record) override;
   [[nodiscard]] const api::Job* find(const std::string& id) const override { return memory_.find(id); }
   bool update(const std::string& id, const std::function<void(api::Job&)>& change) override;
   Evicted retire(const std::string& id) override;
@@ -73,20 +75,23 @@ class SqliteJobStore final : public JobStore {
   struct DropJobs { Evicted evicted; };
   struct PutKey { std::string key; IdempotencyRecord record; };
   using Change = std::variant<PutJob, DropJobs, PutKey>;
+  struct Statements;  // prepared once, used by the writer thread
 
   void open_database(bool full_sync);
   void migrate();
   void load();
   void enqueue(Change change);
+  /// Queues changes with one lock: the writer takes them into the same transaction.
+  void enqueue(std::vector<Change> changes);
   void writer_loop();
   /// Writes `batch` in one transaction; false (and logs why) if it failed.
   bool commit(const std::vector<Change>& batch);
   void exec(const char* sql);
 
-  std::filesystem::path data_dir_;
   std::filesystem::path path_;
   int lock_fd_ = -1;
   sqlite3* db_ = nullptr;
+  std::unique_ptr<Statements> statements_;
   MemoryJobStore memory_;
   std::vector<std::string> unfinished_;
 

@@ -293,3 +293,19 @@ TEST_CASE("sqlite store: an unreadable row is skipped, the rest is served") {
   CHECK(store.find(good.id) != nullptr);
   CHECK(store.take_unfinished() == std::vector<std::string>{good.id});
 }
+
+TEST_CASE("sqlite store: a batch and its key are one transaction") {
+  TempDir dir;
+  std::vector<api::Job> jobs;
+  for (int i = 0; i < 50; ++i) jobs.push_back(make_job());
+  {
+    SqliteJobStore store(dir.path(), 100);
+    store.insert_all(jobs, std::string("batch-key"), {"fp", {jobs.front().id, jobs.back().id}});
+    CHECK(flush(store));
+    CHECK(store.commits() == 1);  // queued under one lock: the writer takes them together
+  }
+  SqliteJobStore store(dir.path(), 100);
+  CHECK(store.size() == jobs.size());
+  REQUIRE(store.find_key("batch-key") != nullptr);
+  CHECK(store.find_key("batch-key")->job_ids.size() == 2);
+}
