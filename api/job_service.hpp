@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,13 @@
 #include "workers/job_type.hpp"
 
 namespace switchyard::api {
+
+/// The job store cannot be reached (a shared database is down): the request did nothing, and
+/// the client may retry (503 store_unavailable).
+class StoreUnavailable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 /// The answer to a submission.
 struct SubmitResult {
@@ -71,14 +79,14 @@ class JobService {
                                                       const std::optional<std::string>& idempotency_key,
                                                       const std::string& fingerprint) = 0;
 
-  /// A snapshot of one job.
-  [[nodiscard]] virtual std::optional<Job> get(const std::string& id) const = 0;
+  /// A snapshot of one job. May throw StoreUnavailable (so may every awaitable here).
+  virtual boost::asio::awaitable<std::optional<Job>> get(std::string id) = 0;
 
   /// Waits until the job is terminal or `max_wait` passed, then returns it (nullopt if unknown).
   virtual boost::asio::awaitable<std::optional<Job>> wait(std::string id, std::chrono::milliseconds max_wait) = 0;
 
   /// One page of jobs, newest first.
-  [[nodiscard]] virtual ListPage list(const ListQuery& query) const = 0;
+  virtual boost::asio::awaitable<ListPage> list(ListQuery query) = 0;
 
   /// Cancels a job (see CancelResult); waits briefly for a running job to reach its end.
   virtual boost::asio::awaitable<CancelResult> cancel(std::string id) = 0;

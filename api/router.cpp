@@ -165,6 +165,12 @@ boost::asio::awaitable<Response> Router::handle(Request request) {
     } else {
       response = co_await dispatch(request, route, query);
     }
+  } catch (const StoreUnavailable& e) {
+    spdlog::warn("job store unavailable on {} {}: {}", request.method, route.route_template, e.what());
+    Problem problem = make_problem(503, "store_unavailable",
+                                   "the job store cannot be reached (the server log says why); retry later");
+    problem.headers.emplace_back("Retry-After", "5");
+    response = to_response(problem);
   } catch (const std::exception& e) {
     // A bug of ours, not something the client did: say so, keep serving.
     spdlog::error("unhandled error on {} {}: {}", request.method, route.route_template, e.what());
@@ -215,7 +221,7 @@ boost::asio::awaitable<Response> Router::dispatch(Request& request, const RouteM
     case RouteId::stats:
       co_return json_response(200, service_.stats());
     case RouteId::jobs:
-      if (is_get) co_return list_jobs(query);
+      if (is_get) co_return co_await list_jobs(query);
       co_return co_await post_job(request);
     case RouteId::jobs_batch:
       co_return co_await post_batch(request);
@@ -382,7 +388,7 @@ boost::asio::awaitable<Response> Router::get_job(const std::string& id, std::str
   if (wait) {
     job = co_await service_.wait(id, *wait);
   } else {
-    job = service_.get(id);
+    job = co_await service_.get(id);
   }
   if (!job) co_return to_response(make_problem(404, "not_found", "no job with this id"));
   co_return json_response(200, to_json(*job));
@@ -410,13 +416,13 @@ boost::asio::awaitable<Response> Router::delete_job(const std::string& id) {
   co_return response;
 }
 
-Response Router::list_jobs(std::string_view query) {
+boost::asio::awaitable<Response> Router::list_jobs(std::string_view query) {
   auto parsed = parse_list_query(query);
-  if (auto* problem = std::get_if<Problem>(&parsed)) return to_response(*problem);
-  const ListPage page = service_.list(std::get<ListQuery>(parsed));
+  if (auto* problem = std::get_if<Problem>(&parsed)) co_return to_response(*problem);
+  const ListPage page = co_await service_.list(std::get<ListQuery>(parsed));
   nlohmann::json jobs = nlohmann::json::array();
   for (const auto& job : page.jobs) jobs.push_back(to_json(job));
-  return json_response(200, {{"jobs", std::move(jobs)},
+  co_return json_response(200, {{"jobs", std::move(jobs)},
                              {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nlohmann::json(nullptr)}});
 }
 

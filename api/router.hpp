@@ -53,7 +53,7 @@ class Router {
   boost::asio::awaitable<Response> post_batch(const Request& request);
   boost::asio::awaitable<Response> get_job(const std::string& id, std::string_view query);
   boost::asio::awaitable<Response> delete_job(const std::string& id);
-  Response list_jobs(std::string_view query);
+  boost::asio::awaitable<Response> list_jobs(std::string_view query);
   [[nodiscard]] bool authorized(const Request& request) const;
 
   JobService& service_;

@@ -25,6 +25,7 @@
 #include "server/log.hpp"
 #include "server/metrics.hpp"
 #include "server/postgres.hpp"
+#include "server/postgres_store.hpp"
 #include "server/sqlite_store.hpp"
 
 namespace switchyard::server {
@@ -51,6 +52,14 @@ std::string format_endpoint(const asio::ip::tcp::endpoint& endpoint) {
 /// The job store the configuration names.
 std::unique_ptr<JobStore> open_store(const Config& config) {
   if (config.store == "memory") return std::make_unique<MemoryJobStore>(config.retain_jobs);
+  if (config.store == "postgres") {
+    PostgresJobStore::Options options;
+    options.url = config.database_url;
+    options.replica_id = make_replica_id();
+    options.lease = std::chrono::milliseconds(config.lease_ms);
+    options.result_ttl_s = config.result_ttl_s;
+    return std::make_unique<PostgresJobStore>(std::move(options));
+  }
   return std::make_unique<SqliteJobStore>(config.data_dir, config.retain_jobs, config.sqlite_sync == "full");
 }
 
@@ -76,7 +85,7 @@ int run_server(const Config& config) {
   std::unique_ptr<JobStore> store;
   try {
     store = open_store(config);
-  } catch (const StoreError& e) {
+  } catch (const std::runtime_error& e) {  // StoreError, PgError
     log::event(spdlog::level::critical, "cannot open the job store", {{"store", config.store}, {"error", e.what()}});
     return 1;
   }

@@ -163,8 +163,9 @@ void add_serve_options(CLI::App& app, Config& c) {
                  "delete a finished job this many seconds after it finished (0 = keep; --retain-jobs bounds both)")
       ->envname(env("RESULT_TTL_S"))->check(CLI::Range(0.0, 10.0 * 365 * 86400))->capture_default_str();
   app.add_option("--store", c.store,
-                 "job store: sqlite (durable, in --data-dir) or memory (jobs are lost on restart)")
-      ->envname(env("STORE"))->check(CLI::IsMember({"sqlite", "memory"}))->capture_default_str();
+                 "job store: sqlite (durable, in --data-dir), postgres (durable, shared by several replicas; "
+                 "needs --database-url) or memory (jobs are lost on restart)")
+      ->envname(env("STORE"))->check(CLI::IsMember({"sqlite", "postgres", "memory"}))->capture_default_str();
   app.add_option("--data-dir", c.data_dir, "data directory of the sqlite store")
       ->envname(env("DATA_DIR"))->capture_default_str()
       ->check([](const std::string& dir) { return dir.empty() ? std::string("must not be empty") : std::string(); });
@@ -173,6 +174,10 @@ void add_serve_options(CLI::App& app, Config& c) {
                  "or kill -9 of the server, not of the machine")
       ->envname(env("SQLITE_SYNC"))->check(CLI::IsMember({"full", "normal"}))->capture_default_str();
   app.add_option("--database-url", c.database_url, "PostgreSQL connection URI (store postgres)")->envname(env("DATABASE_URL"));
+  app.add_option("--lease-ms", c.lease_ms,
+                 "store postgres: a replica's hold on the jobs it runs, renewed every third of it; jobs of a replica "
+                 "that stops renewing are taken over by the others after it expires")
+      ->envname(env("LEASE_MS"))->check(CLI::Range(std::int64_t{1000}, std::int64_t{3600000}))->capture_default_str();
 }
 
 }  // namespace
@@ -234,6 +239,9 @@ Command parse_command_line(int argc, const char* const* argv) {
     }
     if (config.default_timeout_ms > config.max_timeout_ms) {
       throw CLI::ValidationError("--default-timeout-ms", "must not exceed --max-timeout-ms");
+    }
+    if (config.store == "postgres" && config.database_url.empty()) {
+      throw CLI::ValidationError("--store postgres", "needs --database-url (or SWITCHYARD_DATABASE_URL)");
     }
     if (config.process_workers == 0) config.process_workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (!config.tokens_file.empty()) config.tokens = load_tokens(config.tokens_file);

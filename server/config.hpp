@@ -49,6 +49,7 @@ struct Config {
   std::string data_dir = "./data";
   std::string sqlite_sync = "full";       ///< full: fsync per commit; normal: survives a server crash, not power loss
   std::string database_url;
+  std::int64_t lease_ms = 15000;          ///< postgres: a replica's lease on the jobs it runs
 
   std::vector<std::string> tokens;         ///< loaded from tokens_file
 };

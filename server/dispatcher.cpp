@@ -91,6 +91,20 @@ std::pair<JobStatus, std::optional<api::JobError>> classify(const workers::RunRe
                                            outcome.error_message}};
 }
 
+/// A new job record for an admitted request (its input moves into the record).
+api::Job new_job(api::JobRequest& request, const std::string& id, api::TimePoint now) {
+  api::Job job;
+  job.id = id;
+  job.type = request.type->name;
+  job.model = request.model;
+  job.priority = request.priority;
+  job.timeout_ms = request.timeout_ms;
+  job.max_attempts = request.max_attempts;
+  job.input = std::move(request.input);
+  job.created_at = now;
+  return job;
+}
+
 }  // namespace
 
 Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const workers::Catalogue& catalogue,
@@ -101,12 +115,20 @@ Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const wo
       metrics_(metrics),
       threads_(context, thread_options(config), *this),
       processes_(context, pool_options(config), *this),
-      store_(std::move(store)) {}
+      store_(std::move(store)),
+      shared_(store_->shared()) {}
 
 Dispatcher::~Dispatcher() = default;
 
 void Dispatcher::start() {
   processes_.start();
+  if (shared_ != nullptr) {
+    // Leases, reclaims and the result TTL are the shared store's: only claims are ours.
+    claim_wake_ = std::make_shared<Waiter>(context_, 1);
+    shared_->listen([this](const SharedQueue::Notice& notice) { on_notice(notice); });
+    asio::co_spawn(context_, claim_loop(), asio::detached);
+    return;
+  }
   recover();
   if (config_.result_ttl_s > 0) asio::co_spawn(context_, expire_loop(), asio::detached);
 }
@@ -174,7 +196,12 @@ asio::awaitable<void> Dispatcher::expire_loop() {
 }
 
 void Dispatcher::leave_for_restart_locked(const std::string& id) {
-  if (active_.erase(id) == 0) return;
+  auto active = active_.find(id);
+  if (active == active_.end()) return;
+  // A shared store gives the job back to the other replicas now; an embedded one keeps it for
+  // the next start.
+  if (shared_ != nullptr) shared_->release(id, active->second.started.has_value());
+  active_.erase(active);
   ++left_for_restart_;
   if (auto it = waiters_.find(id); it != waiters_.end()) {
     for (auto& waiter : it->second) waiter->try_send(boost::system::error_code{});
@@ -215,6 +242,7 @@ int Dispatcher::retry_after_seconds(Model model) const {
 asio::awaitable<api::SubmitResult> Dispatcher::submit(std::vector<api::JobRequest> requests,
                                                       const std::optional<std::string>& idempotency_key,
                                                       const std::string& fingerprint) {
+  if (shared_ != nullptr) co_return co_await submit_shared(std::move(requests), idempotency_key, fingerprint);
   Runs runs;
   api::SubmitResult result;
   {
@@ -285,30 +313,13 @@ api::SubmitResult Dispatcher::admit(std::vector<api::JobRequest>& requests,
     result.detail = "no worker process is up: workers fail to boot (see the server log); retry later";
     return result;
   }
-  for (Model model : {Model::thread, Model::process}) {
-    const auto n = wanted[static_cast<std::size_t>(model_index(model))];
-    if (n > 0 && queued(model) + n > config_.queue_limit) {
-      result.kind = api::SubmitResult::Kind::queue_full;
-      result.retry_after_s = retry_after_seconds(model);
-      result.detail = "the " + std::string(api::to_string(model)) + " queue is full (" +
-                      std::to_string(config_.queue_limit) + " jobs); retry later";
-      return result;
-    }
-  }
+  if (queue_full(wanted, [this](Model model) { return queued(model); }, result)) return result;
   const auto now = std::chrono::system_clock::now();
   const auto steady_now = SteadyClock::now();
   IdempotencyRecord record{fingerprint, {}};
   for (auto& request : requests) {
     const auto frame_id = ids_.next();
-    api::Job job;
-    job.id = workers::format_uuid(frame_id);
-    job.type = request.type->name;
-    job.model = request.model;
-    job.priority = request.priority;
-    job.timeout_ms = request.timeout_ms;
-    job.max_attempts = request.max_attempts;
-    job.input = std::move(request.input);
-    job.created_at = now;
+    api::Job job = new_job(request, workers::format_uuid(frame_id), now);
     auto run = std::make_shared<workers::Execution>(frame_id, *request.type, job.input, request.priority,
                                                     std::chrono::milliseconds(request.timeout_ms));
     active_.emplace(job.id, Active{run, job.model, steady_now, std::nullopt});
@@ -320,6 +331,21 @@ api::SubmitResult Dispatcher::admit(std::vector<api::JobRequest>& requests,
   }
   store_->insert_all(result.jobs, idempotency_key, std::move(record));
   return result;
+}
+
+bool Dispatcher::queue_full(const std::array<std::size_t, 2>& wanted,
+                            const std::function<std::size_t(Model)>& queued_now, api::SubmitResult& result) const {
+  for (Model model : {Model::thread, Model::process}) {
+    const auto n = wanted[static_cast<std::size_t>(model_index(model))];
+    if (n > 0 && queued_now(model) + n > config_.queue_limit) {
+      result.kind = api::SubmitResult::Kind::queue_full;
+      result.retry_after_s = retry_after_seconds(model);
+      result.detail = "the " + std::string(api::to_string(model)) + " queue is full (" +
+                      std::to_string(config_.queue_limit) + " jobs); retry later";
+      return true;
+    }
+  }
+  return false;
 }
 
 asio::awaitable<bool> Dispatcher::store_durable() {
@@ -339,13 +365,15 @@ void Dispatcher::dispatch(const Runs& runs) {
   }
 }
 
-std::optional<api::Job> Dispatcher::get(const std::string& id) const {
+asio::awaitable<std::optional<api::Job>> Dispatcher::get(std::string id) {
+  if (shared_ != nullptr) co_return co_await shared_->get(std::move(id));
   std::lock_guard lock(mutex_);
   const auto* job = store_->find(id);
-  return job ? std::optional<api::Job>(*job) : std::nullopt;
+  co_return job ? std::optional<api::Job>(*job) : std::nullopt;
 }
 
 asio::awaitable<std::optional<api::Job>> Dispatcher::wait(std::string id, std::chrono::milliseconds max_wait) {
+  if (shared_ != nullptr) co_return co_await wait_shared(std::move(id), max_wait);
   auto executor = co_await asio::this_coro::executor;
   std::shared_ptr<Waiter> waiter;
   {
@@ -368,12 +396,14 @@ asio::awaitable<std::optional<api::Job>> Dispatcher::wait(std::string id, std::c
   co_return job ? std::optional<api::Job>(*job) : std::nullopt;
 }
 
-api::ListPage Dispatcher::list(const api::ListQuery& query) const {
+asio::awaitable<api::ListPage> Dispatcher::list(api::ListQuery query) {
+  if (shared_ != nullptr) co_return co_await shared_->list_all(std::move(query));
   std::lock_guard lock(mutex_);
-  return store_->list(query);
+  co_return store_->list(query);
 }
 
 asio::awaitable<api::CancelResult> Dispatcher::cancel(std::string id) {
+  if (shared_ != nullptr) co_return co_await cancel_shared(std::move(id));
   using Kind = api::CancelResult::Kind;
   api::CancelResult result;
   std::shared_ptr<workers::Execution> run;
@@ -396,7 +426,7 @@ asio::awaitable<api::CancelResult> Dispatcher::cancel(std::string id) {
   if (removed) {
     cancel_unstarted({removed}, "cancelled", "cancelled while queued");
     result.kind = Kind::dequeued;
-    result.job = get(id);
+    result.job = co_await get(id);
     co_return result;
   }
   run->request_stop(workers::StopReason::cancel);
@@ -450,6 +480,12 @@ void Dispatcher::on_finished(workers::Execution& run, workers::RunReport report)
     std::lock_guard lock(mutex_);
     auto active = active_.find(run.id_text());
     if (active == active_.end() || active->second.run.get() != &run) return;  // force-finished at shutdown
+    if (fenced_.erase(run.id_text()) > 0) {
+      // Stopped because the leases lapsed: the database decides (attempt rule, or another
+      // replica already took it over), not this replica.
+      leave_for_restart_locked(run.id_text());
+      return;
+    }
     const auto [status, error] = classify(report, active->second.model, run.timeout().count());
     if (report.stopped == workers::StopReason::shutdown && status != JobStatus::succeeded && store_->durable()) {
       // Stopped by the shutdown, not by its own doing: a durable store keeps it for the next start,
@@ -466,6 +502,7 @@ void Dispatcher::on_finished(workers::Execution& run, workers::RunReport report)
   }
   if (retry) processes_.submit(retry);
   if (finished) after_finish(std::move(*finished));
+  if (shared_ != nullptr) wake_claimer();  // room for another job
 }
 
 std::optional<Dispatcher::Finished> Dispatcher::finish_locked(const std::string& id, JobStatus status,
@@ -544,6 +581,299 @@ void Dispatcher::cancel_unstarted(const std::vector<std::shared_ptr<workers::Exe
   }
 }
 
+// --- a shared store: several replicas, one queue ------------------------------------------
+
+asio::awaitable<api::SubmitResult> Dispatcher::submit_shared(std::vector<api::JobRequest> requests,
+                                                             const std::optional<std::string>& idempotency_key,
+                                                             const std::string& fingerprint) {
+  using Kind = api::SubmitResult::Kind;
+  api::SubmitResult result;
+  std::array<std::size_t, 2> wanted{};
+  for (const auto& request : requests) ++wanted[static_cast<std::size_t>(model_index(request.model))];
+  // Every replica's queue is the same one: its length, refreshed every second, bounds it.
+  if (queue_full(wanted, [this](Model model) { return shared_->queued(model); }, result)) co_return result;
+  std::vector<api::Job> jobs;
+  {
+    std::lock_guard lock(mutex_);
+    if (draining_) {
+      result.kind = Kind::draining;
+      result.detail = "the server is shutting down and accepts no new jobs";
+      co_return result;
+    }
+    const auto now = std::chrono::system_clock::now();
+    for (auto& request : requests) jobs.push_back(new_job(request, workers::format_uuid(ids_.next()), now));
+  }
+  SharedQueue::Submitted submitted;
+  try {
+    submitted = co_await shared_->submit(std::move(jobs), idempotency_key, fingerprint);
+  } catch (const std::exception& e) {
+    log::event(spdlog::level::err, "job store could not record a submission", {{"error", e.what()}});
+    submitted.kind = SharedQueue::Submitted::Kind::failed;
+  }
+  switch (submitted.kind) {
+    case SharedQueue::Submitted::Kind::accepted:
+      for (const auto& job : submitted.jobs) metrics_.job_submitted(job.model, job.type);
+      result.kind = Kind::accepted;
+      break;
+    case SharedQueue::Submitted::Kind::replayed:
+      result.kind = Kind::replayed;
+      break;
+    case SharedQueue::Submitted::Kind::conflict:
+      result.kind = Kind::conflict;
+      result.detail = "this Idempotency-Key was used with a different request body";
+      break;
+    case SharedQueue::Submitted::Kind::failed:
+      result.kind = Kind::store_unavailable;
+      result.retry_after_s = 5;
+      result.detail = "the job store cannot write (the server log says why); nothing was accepted, retry later";
+      break;
+  }
+  result.jobs = std::move(submitted.jobs);
+  co_return result;
+}
+
+asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id, std::chrono::milliseconds max_wait) {
+  auto executor = co_await asio::this_coro::executor;
+  auto waiter = std::make_shared<Waiter>(executor, 1);
+  {
+    // Registered before the first read: a job that ends in between still wakes it.
+    std::lock_guard lock(mutex_);
+    waiters_[id].push_back(waiter);
+  }
+  struct Unregister {
+    Dispatcher* self;
+    const std::string& id;
+    const std::shared_ptr<Waiter>& waiter;
+    ~Unregister() {
+      std::lock_guard lock(self->mutex_);
+      if (auto it = self->waiters_.find(id); it != self->waiters_.end()) {
+        std::erase(it->second, waiter);
+        if (it->second.empty()) self->waiters_.erase(it);
+      }
+    }
+  } unregister{this, id, waiter};
+  const auto deadline = SteadyClock::now() + max_wait;
+  asio::steady_timer timer(executor);
+  for (;;) {
+    std::optional<api::Job> job = co_await shared_->get(id);
+    if (!job || api::is_terminal(job->status) || SteadyClock::now() >= deadline) co_return job;
+    // A NOTIFY wakes it when the job ends; the timer re-reads in case one was missed.
+    timer.expires_at(std::min(deadline, SteadyClock::now() + std::chrono::seconds(1)));
+    co_await (waiter->async_receive(asio::as_tuple(asio::use_awaitable)) ||
+              timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  }
+}
+
+asio::awaitable<api::CancelResult> Dispatcher::cancel_shared(std::string id) {
+  using Kind = api::CancelResult::Kind;
+  api::CancelResult result;
+  Model model = Model::thread;
+  bool here = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto active = active_.find(id); active != active_.end()) {
+      here = true;
+      model = active->second.model;
+    }
+  }
+  if (here && cancel_local(id)) {
+    // Dequeued or stopped here; its end reaches the store through the writer.
+  } else {
+    auto [cancelled, job] = co_await shared_->cancel_queued(id);
+    if (!job) co_return result;
+    if (cancelled) {
+      result.kind = Kind::dequeued;
+      result.job = std::move(job);
+      co_return result;
+    }
+    if (api::is_terminal(job->status)) {
+      result.kind = Kind::terminal;
+      result.job = std::move(job);
+      co_return result;
+    }
+    model = job->model;
+    co_await shared_->request_cancel(id);  // the replica running it stops it
+  }
+  result.job = co_await wait_shared(id, std::chrono::milliseconds(2000));
+  if (!result.job) co_return result;
+  if (result.job->status == JobStatus::cancelled) {
+    result.kind = !result.job->started_at ? Kind::dequeued : (model == Model::process ? Kind::killed : Kind::requested);
+  } else if (api::is_terminal(result.job->status)) {
+    result.kind = Kind::terminal;
+  } else {
+    result.kind = Kind::requested;
+  }
+  co_return result;
+}
+
+bool Dispatcher::cancel_local(const std::string& id) {
+  std::shared_ptr<workers::Execution> run;
+  Model model = Model::thread;
+  {
+    std::lock_guard lock(mutex_);
+    auto active = active_.find(id);
+    if (active == active_.end()) return false;
+    run = active->second.run;
+    model = active->second.model;
+  }
+  auto removed = model == Model::thread ? threads_.remove_queued(id) : processes_.remove_queued(id);
+  if (removed) {
+    cancel_unstarted({removed}, "cancelled", "cancelled while queued");
+  } else {
+    run->request_stop(workers::StopReason::cancel);
+  }
+  return true;
+}
+
+void Dispatcher::on_notice(const SharedQueue::Notice& notice) {
+  using NoticeKind = SharedQueue::Notice::Kind;
+  switch (notice.kind) {
+    case NoticeKind::finished: {
+      std::lock_guard lock(mutex_);
+      if (auto it = waiters_.find(notice.id); it != waiters_.end()) {
+        for (auto& waiter : it->second) waiter->try_send(boost::system::error_code{});
+      }
+      break;
+    }
+    case NoticeKind::queued:
+      wake_claimer();
+      break;
+    case NoticeKind::cancel:
+      if (cancel_local(notice.id)) log::job(spdlog::level::debug, notice.id, "cancel requested by another replica", {});
+      break;
+    case NoticeKind::leases_lost: {
+      // As at shutdown, but now: queued runs go back, running ones stop and go back (the
+      // database applies the attempt rule; if another replica took a job over, nothing is written).
+      std::vector<std::pair<std::shared_ptr<workers::Execution>, Model>> runs;
+      {
+        std::lock_guard lock(mutex_);
+        for (const auto& [id, active] : active_) {
+          if (!active.run) continue;
+          runs.emplace_back(active.run, active.model);
+          fenced_.insert(id);
+        }
+      }
+      for (const auto& [run, model] : runs) {
+        auto removed = model == Model::thread ? threads_.remove_queued(run->id_text())
+                                              : processes_.remove_queued(run->id_text());
+        if (removed) {
+          std::lock_guard lock(mutex_);
+          fenced_.erase(run->id_text());
+          leave_for_restart_locked(run->id_text());
+        } else {
+          run->request_stop(workers::StopReason::cancel);  // SIGKILL: a job must not outlive the lease
+        }
+      }
+      break;
+    }
+    case NoticeKind::reconnected: {
+      std::lock_guard lock(mutex_);
+      for (auto& [id, waiters] : waiters_) {
+        for (auto& waiter : waiters) waiter->try_send(boost::system::error_code{});
+      }
+      wake_claimer();
+      break;
+    }
+  }
+}
+
+void Dispatcher::wake_claimer() {
+  if (claim_wake_) claim_wake_->try_send(boost::system::error_code{});
+}
+
+std::size_t Dispatcher::claim_room(Model model) const {
+  if (model == Model::thread) {
+    const auto stats = threads_.stats();
+    const auto held = stats.queued + stats.running;
+    return held >= config_.thread_concurrency ? 0 : config_.thread_concurrency - held;
+  }
+  const auto stats = processes_.stats();
+  if (stats.boot_failing) return 0;  // let replicas whose workers run take them
+  // Only what free workers start now: a claimed job is recorded running, so it must not wait
+  // here behind a long one while another replica's worker is free.
+  const auto capacity = static_cast<std::size_t>(config_.process_workers);
+  const auto held = stats.queued + stats.busy;
+  return held >= capacity ? 0 : capacity - held;
+}
+
+void Dispatcher::take_claimed(std::vector<api::Job> jobs, Runs& runs, std::vector<Finished>& ended) {
+  const auto now = std::chrono::system_clock::now();
+  const auto steady_now = SteadyClock::now();
+  for (auto& job : jobs) {
+    const auto frame_id = workers::parse_uuid(job.id);
+    if (!frame_id) continue;
+    const std::string id = job.id;
+    const Model model = job.model;
+    // Queue time counts from the submission, on whichever replica it was.
+    const auto created = steady_now - std::chrono::duration_cast<SteadyClock::duration>(
+                                          std::max(now - job.created_at, std::chrono::system_clock::duration::zero()));
+    const auto* type = catalogue_.find(job.type);
+    auto run = type ? std::make_shared<workers::Execution>(*frame_id, *type, job.input, job.priority,
+                                                           std::chrono::milliseconds(job.timeout_ms))
+                    : nullptr;
+    const std::string type_name = job.type;
+    store_->insert(std::move(job));
+    counters_[static_cast<std::size_t>(model_index(model))].submitted.fetch_add(1);
+    if (!run) {
+      // Another replica accepted a type this one lacks (e.g. without --diagnostics).
+      active_.emplace(id, Active{nullptr, model, created, std::nullopt});
+      auto finished = finish_locked(id, JobStatus::failed, nullptr,
+                                    api::JobError{"unknown_job_type", "job type '" + type_name +
+                                                                          "' is not in the catalogue of the replica "
+                                                                          "that claimed it"},
+                                    0, std::nullopt);
+      if (finished) ended.push_back(std::move(*finished));
+      continue;
+    }
+    active_.emplace(id, Active{run, model, created, std::nullopt});
+    runs.emplace_back(std::move(run), model);
+  }
+}
+
+asio::awaitable<void> Dispatcher::claim_loop() {
+  asio::steady_timer timer(context_);
+  bool reported = false;
+  for (;;) {
+    {
+      std::lock_guard lock(mutex_);
+      if (draining_) co_return;
+    }
+    bool more = false;
+    for (Model model : {Model::thread, Model::process}) {
+      const auto room = std::min<std::size_t>(claim_room(model), 256);
+      if (room == 0) continue;
+      std::vector<api::Job> jobs;
+      try {
+        jobs = co_await shared_->claim(model, room);
+        reported = false;
+      } catch (const std::exception& e) {
+        if (!reported) log::event(spdlog::level::err, "cannot claim jobs from the store", {{"error", e.what()}});
+        reported = true;
+        break;
+      }
+      more = more || jobs.size() == room;
+      Runs runs;
+      std::vector<Finished> ended;
+      {
+        std::lock_guard lock(mutex_);
+        if (draining_) {
+          // Shutdown began during the claim: give them straight back.
+          for (const auto& job : jobs) shared_->release(job.id, false);
+          co_return;
+        }
+        take_claimed(std::move(jobs), runs, ended);
+      }
+      dispatch(runs);
+      for (auto& finished : ended) after_finish(std::move(finished));
+    }
+    if (more) continue;
+    // Until a NOTIFY (new jobs, or room here) or a second passes: a missed notice costs a second.
+    timer.expires_after(std::chrono::seconds(1));
+    co_await (claim_wake_->async_receive(asio::as_tuple(asio::use_awaitable)) ||
+              timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  }
+}
+
 void Dispatcher::on_worker_restart(workers::RestartReason reason) { metrics_.worker_restarted(reason); }
 
 asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
@@ -551,6 +881,7 @@ asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
     std::lock_guard lock(mutex_);
     draining_ = true;
   }
+  if (shared_ != nullptr) wake_claimer();  // stop claiming
   auto executor = co_await asio::this_coro::executor;
   asio::steady_timer timer(executor);
   auto active_count = [this] {
@@ -652,9 +983,12 @@ api::Health Dispatcher::health() const {
     health.draining = draining_;
   }
   const auto pool = processes_.stats();
-  health.ready = pool.ready && !health.draining;
+  const bool store_ok = shared_ == nullptr || shared_->healthy();
+  health.ready = pool.ready && !health.draining && store_ok;
   if (pool.boot_failing) {
     health.not_ready_reason = "worker processes fail to boot (the server log says why); retrying with backoff";
+  } else if (!store_ok) {
+    health.not_ready_reason = "the job store cannot be reached (the server log says why)";
   }
   return health;
 }

@@ -2,10 +2,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <boost/asio/awaitable.hpp>
@@ -44,9 +46,9 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   boost::asio::awaitable<api::SubmitResult> submit(std::vector<api::JobRequest> requests,
                                                    const std::optional<std::string>& idempotency_key,
                                                    const std::string& fingerprint) override;
-  [[nodiscard]] std::optional<api::Job> get(const std::string& id) const override;
+  boost::asio::awaitable<std::optional<api::Job>> get(std::string id) override;
   boost::asio::awaitable<std::optional<api::Job>> wait(std::string id, std::chrono::milliseconds max_wait) override;
-  [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override;
+  boost::asio::awaitable<api::ListPage> list(api::ListQuery query) override;
   boost::asio::awaitable<api::CancelResult> cancel(std::string id) override;
   [[nodiscard]] nlohmann::json stats() const override;
   std::string metrics_text() override;
@@ -78,6 +80,10 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   /// Admits the requests (mutex held): the store records them and `runs` gets their runs.
   api::SubmitResult admit(std::vector<api::JobRequest>& requests, const std::optional<std::string>& idempotency_key,
                           const std::string& fingerprint, Runs& runs);
+  /// True (and `result` says so) if `wanted` jobs per model would overflow a queue of the length
+  /// `queued_now` gives.
+  bool queue_full(const std::array<std::size_t, 2>& wanted, const std::function<std::size_t(api::Model)>& queued_now,
+                  api::SubmitResult& result) const;
   /// Completes once the store has every change made so far on disk; false if writing failed.
   boost::asio::awaitable<bool> store_durable();
   /// Hands runs to their executors.
@@ -92,6 +98,24 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   void leave_for_restart_locked(const std::string& id);
   /// Expires finished jobs past the result TTL, every second until drained.
   boost::asio::awaitable<void> expire_loop();
+
+  // A shared store (several replicas): the store is the queue; this replica runs what it claims.
+  boost::asio::awaitable<api::SubmitResult> submit_shared(std::vector<api::JobRequest> requests,
+                                                          const std::optional<std::string>& idempotency_key,
+                                                          const std::string& fingerprint);
+  boost::asio::awaitable<std::optional<api::Job>> wait_shared(std::string id, std::chrono::milliseconds max_wait);
+  boost::asio::awaitable<api::CancelResult> cancel_shared(std::string id);
+  /// Claims queued jobs while this replica has room for them, until drained; wakes on notices.
+  boost::asio::awaitable<void> claim_loop();
+  /// Takes claimed jobs in (mutex held): they become active here. Unknown types end at once.
+  void take_claimed(std::vector<api::Job> jobs, Runs& runs, std::vector<Finished>& ended);
+  /// How many more jobs of `model` this replica can take now.
+  [[nodiscard]] std::size_t claim_room(api::Model model) const;
+  /// A notice from the shared store (listener thread).
+  void on_notice(const SharedQueue::Notice& notice);
+  /// Stops a job if it is active here (a cancel asked on another replica). True if it was.
+  bool cancel_local(const std::string& id);
+  void wake_claimer();
 
   /// Moves an active job to a terminal state (mutex held); nullopt if it was not active.
   std::optional<Finished> finish_locked(const std::string& id, api::JobStatus status, nlohmann::json result,
@@ -116,6 +140,9 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
 
   mutable std::mutex mutex_;
   std::unique_ptr<JobStore> store_;
+  SharedQueue* shared_ = nullptr;         // the store's shared queue, if it has one
+  std::shared_ptr<Waiter> claim_wake_;    // shared store: a poke for the claim loop
+  std::unordered_set<std::string> fenced_;  // shared store: jobs stopped because the leases lapsed
   struct Active {
     std::shared_ptr<workers::Execution> run;
     api::Model model;

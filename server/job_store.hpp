@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/awaitable.hpp>
+
 #include "api/job.hpp"
 #include "api/job_service.hpp"
 #include "api/requests.hpp"
@@ -26,6 +28,8 @@ struct Evicted {
   std::vector<std::string> job_ids;
   std::vector<std::string> keys;
 };
+
+class SharedQueue;
 
 /// Where jobs live. The seam for durable stores (SQLite, PostgreSQL): the dispatcher only talks
 /// to this interface. Reads are served from memory in every store; a durable store also writes
@@ -71,6 +75,62 @@ class JobStore {
   /// Durable stores call `observer(seconds, changes, ok)` after each transaction, from their
   /// writer thread; for metrics.
   virtual void observe_commits(std::function<void(double, std::size_t, bool)> /*observer*/) {}
+  /// A store that several replicas share (PostgreSQL), or nullptr. Then the store is the queue:
+  /// the dispatcher submits, reads and cancels through it and runs only the jobs it claims, and
+  /// this JobStore holds just those.
+  virtual SharedQueue* shared() { return nullptr; }
+};
+
+/// The queue of a store shared by several replicas. Awaitables complete on the caller's
+/// executor; every member is thread-safe.
+class SharedQueue {
+ public:
+  virtual ~SharedQueue() = default;
+
+  /// What a submission did.
+  struct Submitted {
+    enum class Kind { accepted, replayed, conflict, failed } kind = Kind::failed;
+    std::vector<api::Job> jobs;  ///< accepted: as given; replayed: the key's jobs as they stand
+  };
+  /// What another replica, or the database, told this one.
+  struct Notice {
+    enum class Kind {
+      finished,    ///< `id` reached a terminal state (readable now)
+      queued,      ///< jobs of `model` wait to be claimed
+      cancel,      ///< a client asked to cancel `id`, which may run here
+      reconnected, ///< notices may have been missed: re-read what you wait for
+      leases_lost, ///< the leases could not be renewed for 2/3 of their time: stop every job
+                   ///< here before other replicas take them over
+    } kind = Kind::queued;
+    std::string id;
+    api::Model model = api::Model::thread;
+  };
+
+  /// Records the jobs (queued) and the key in one transaction: all or none.
+  virtual boost::asio::awaitable<Submitted> submit(std::vector<api::Job> jobs, std::optional<std::string> key,
+                                                   std::string fingerprint) = 0;
+  virtual boost::asio::awaitable<std::optional<api::Job>> get(std::string id) = 0;
+  virtual boost::asio::awaitable<api::ListPage> list_all(api::ListQuery query) = 0;
+  /// Cancels the job if it is queued and unclaimed. Returns whether it did, and the job as it
+  /// stands after (nullopt: unknown id).
+  virtual boost::asio::awaitable<std::pair<bool, std::optional<api::Job>>> cancel_queued(std::string id) = 0;
+  /// Tells every replica that a client asked to cancel `id`; the one that runs it stops it.
+  virtual boost::asio::awaitable<void> request_cancel(std::string id) = 0;
+  /// Claims up to `limit` queued jobs of `model` for this replica, highest priority and oldest
+  /// first. The database records each running with its attempt counted and this replica's lease;
+  /// the jobs come back as they were before the claim (queued, attempts not yet counted), to be
+  /// started here.
+  virtual boost::asio::awaitable<std::vector<api::Job>> claim(api::Model model, std::size_t limit) = 0;
+  /// Gives a job this replica claimed back to the queue (shutdown): one that never started gets
+  /// its attempt back; one that started follows the attempt rule.
+  virtual void release(const std::string& id, bool started) = 0;
+  /// Where notices go (called from the listener thread). Set before jobs flow.
+  virtual void listen(std::function<void(const Notice&)> handler) = 0;
+  /// Queued jobs of `model` across all replicas (refreshed every second), for admission.
+  [[nodiscard]] virtual std::size_t queued(api::Model model) const = 0;
+  /// False while the database cannot be reached.
+  [[nodiscard]] virtual bool healthy() const = 0;
+  [[nodiscard]] virtual const std::string& replica_id() const = 0;
 };
 
 /// Jobs in memory, ordered by id (ids are time-ordered UUIDv7), with a bound on finished jobs.

@@ -58,6 +58,17 @@ CREATE TABLE switchyard_replicas (
   heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
 )sql",
+    // 2: a queued job can hold a lease too (a worker crash requeues it on the replica that
+    //    holds it), so claims take only unleased queued jobs and leases are found on both.
+    R"sql(
+DROP INDEX switchyard_jobs_claim;
+DROP INDEX switchyard_jobs_leases;
+CREATE INDEX switchyard_jobs_claimable ON switchyard_jobs (model, priority DESC, id)
+  WHERE status = 'queued' AND lease_owner IS NULL;
+CREATE INDEX switchyard_jobs_leased ON switchyard_jobs (lease_expires_at)
+  WHERE lease_owner IS NOT NULL AND status IN ('queued', 'running');
+CREATE INDEX switchyard_jobs_owner ON switchyard_jobs (lease_owner) WHERE lease_owner IS NOT NULL;
+)sql",
 };
 
 std::string error_of(pg_conn* conn) {
@@ -95,6 +106,15 @@ PgConnection::PgConnection(const std::string& url) : conn_(PQconnectdb(url.c_str
     conn_ = nullptr;
     throw PgError("cannot connect to PostgreSQL at " + redact_database_url(url) + ": " + message);
   }
+  // Notices ("relation already exists, skipping") go to the debug log, not to stderr.
+  PQsetNoticeProcessor(
+      conn_,
+      [](void*, const char* message) {
+        std::string text = message;
+        while (!text.empty() && text.back() == '\n') text.pop_back();
+        spdlog::debug("PostgreSQL: {}", text);
+      },
+      nullptr);
 }
 
 PgConnection::~PgConnection() {
@@ -103,15 +123,17 @@ PgConnection::~PgConnection() {
 
 void PgConnection::exec(const std::string& sql) { checked(conn_, PQexec(conn_, sql.c_str()), "PostgreSQL"); }
 
-PgResult PgConnection::query(const std::string& sql, const std::vector<std::string>& params) {
+PgResult PgConnection::query(const std::string& sql, const std::vector<std::optional<std::string>>& params) {
   std::vector<const char*> values;
   values.reserve(params.size());
-  for (const auto& p : params) values.push_back(p.c_str());
+  for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
   return checked(conn_,
                  PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
                               nullptr, 0),
                  "PostgreSQL");
 }
+
+bool PgConnection::ok() const { return PQstatus(conn_) == CONNECTION_OK; }
 
 std::string redact_database_url(const std::string& url) {
   auto parsed = boost::urls::parse_uri(url);

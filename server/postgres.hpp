@@ -1,6 +1,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -45,8 +46,12 @@ class PgConnection {
 
   /// Runs one or more statements without parameters; throws PgError.
   void exec(const std::string& sql);
-  /// Runs one statement with text parameters ($1, $2, ...); throws PgError.
-  PgResult query(const std::string& sql, const std::vector<std::string>& params = {});
+  /// Runs one statement with text parameters ($1, $2, ...; nullopt is NULL); throws PgError.
+  PgResult query(const std::string& sql, const std::vector<std::optional<std::string>>& params = {});
+  /// False once the connection is broken.
+  [[nodiscard]] bool ok() const;
+  /// The libpq connection, for LISTEN (PQsocket, PQconsumeInput, PQnotifies).
+  [[nodiscard]] pg_conn* native() const { return conn_; }
 
  private:
   pg_conn* conn_ = nullptr;

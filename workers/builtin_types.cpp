@@ -19,6 +19,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -445,6 +446,114 @@ JobType hang_type() {
       object_schema(Json::object(), Json::array()), run_hang);
 }
 
+std::int64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+/// A file descriptor that closes itself.
+class OwnedFd {
+ public:
+  explicit OwnedFd(int fd) noexcept : fd_(fd) {}
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  [[nodiscard]] int get() const noexcept { return fd_; }
+
+ private:
+  int fd_;
+};
+
+/// The timestamp a line carries, or why it could not be written.
+struct Appended {
+  std::int64_t ns = 0;
+  std::string error;  ///< empty when the line was written
+};
+
+/// Appends `<event> <tag> <pid> <ns>` with one write(). With O_APPEND, Linux moves to the end of
+/// a regular file and writes under one inode lock, so lines from concurrent writers (workers,
+/// other servers) never interleave.
+Appended append_event(int fd, std::string_view event, const std::string& tag) {
+  const std::int64_t ns = monotonic_ns();
+  std::string line;
+  line.reserve(event.size() + tag.size() + 48);
+  line.append(event).append(" ").append(tag).append(" ");
+  line.append(std::to_string(::getpid())).append(" ").append(std::to_string(ns)).append("\n");
+  for (;;) {
+    const ssize_t n = ::write(fd, line.data(), line.size());
+    if (n == static_cast<ssize_t>(line.size())) return {ns, {}};
+    const int error = errno;
+    if (n < 0 && error == EINTR) continue;
+    // A short write leaves half a line for the next writer to run into: report it.
+    return {ns, "write: " + std::string(n < 0 ? std::strerror(error) : "short write")};
+  }
+}
+
+Outcome run_append_log(const Json& input, const StopFlag& stop) {
+  const auto path = input.at("path").get<std::string>();
+  const auto tag = input.at("tag").get<std::string>();
+  const auto ms = input.at("ms").get<std::int64_t>();
+  OwnedFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+  if (fd.get() < 0) {
+    const int error = errno;
+    return Outcome::failure("handler_error", "open " + path + ": " + std::strerror(error));
+  }
+
+  const Appended start = append_event(fd.get(), "start", tag);
+  if (!start.error.empty()) return Outcome::failure("handler_error", start.error);
+  // Timed on the clock the lines carry, so that a reader of the file can compare the two.
+  const std::int64_t deadline_ns = start.ns + ms * 1'000'000;
+  for (std::int64_t now = monotonic_ns(); now < deadline_ns; now = monotonic_ns()) {
+    if (stop.stop_requested()) {
+      const Appended stopped = append_event(fd.get(), "stop", tag);
+      if (!stopped.error.empty()) return Outcome::failure("handler_error", stopped.error);
+      return Outcome::failure("cancelled",
+                              "stopped after " + std::to_string((stopped.ns - start.ns) / 1'000'000) + " ms");
+    }
+    std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<std::int64_t>(deadline_ns - now, 10'000'000)));
+  }
+  const Appended end = append_event(fd.get(), "end", tag);
+  if (!end.error.empty()) return Outcome::failure("handler_error", end.error);
+  return Outcome::success({{"pid", ::getpid()}, {"started_ns", start.ns}, {"ended_ns", end.ns}});
+}
+
+JobType append_log_type() {
+  JobType t;
+  t.name = "append_log";
+  t.kind = Kind::cpu;
+  t.description =
+      "Appends a start line to a file, holds for ms, then appends an end line (diagnostic: proves from the file "
+      "that no job runs twice at once).";
+  t.input_schema = object_schema(
+      {{"path",
+        {{"type", "string"},
+         {"minLength", 1},
+         {"maxLength", 4096},
+         {"pattern", "^/"},
+         {"description", "Absolute path of the file to append to; created (mode 0644) if missing."}}},
+       {"tag",
+        {{"type", "string"},
+         {"minLength", 1},
+         {"maxLength", 200},
+         {"pattern", "^[^\\s]+$"},
+         {"description", "Names the job in its lines; no whitespace."}}},
+       {"ms", integer_schema(0, 600'000, "How long to hold between the start and end lines, in milliseconds.")}},
+      {"path", "tag", "ms"});
+  t.diagnostic = true;
+  t.blocking = run_append_log;
+  t.extra_check = [](const Json& input) {
+    std::vector<FieldError> errors;
+    if (input.at("path").get<std::string>().find('\0') != std::string::npos) {
+      errors.push_back({"/path", "must not contain NUL"});
+    }
+    return errors;
+  };
+  return t;
+}
+
 }  // namespace
 
 void register_builtin_types(Catalogue& catalogue, const BuiltinOptions& options) {
@@ -460,6 +569,7 @@ void register_builtin_types(Catalogue& catalogue, const BuiltinOptions& options)
     catalogue.add(fork_type());
     catalogue.add(open_files_type());
     catalogue.add(hang_type());
+    catalogue.add(append_log_type());
   }
 }
 

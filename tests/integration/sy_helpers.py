@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import namedtuple
 from datetime import datetime, timezone
 
@@ -607,3 +608,20 @@ class Server:
             m = self.stats()["models"]
             return all(m[k]["queued"] == 0 and m[k]["running"] == 0 for k in ("thread", "process"))
         wait_until(check, timeout, interval=0.05, message="server idle")
+
+
+def list_all(server, **filters):
+    """Every job the server lists (with `filters` as query parameters), by id, following
+    next_cursor; fails on a job listed twice."""
+    jobs, cursor = {}, None
+    for _ in range(100):
+        query = dict(filters, limit=1000, **({"cursor": cursor} if cursor else {}))
+        r = server.get("/v1/jobs?" + urllib.parse.urlencode(query), timeout=60)
+        assert r.status == 200, (r.status, r.body)
+        for job in r.body["jobs"]:
+            assert job["id"] not in jobs, f"job {job['id']} listed twice"
+            jobs[job["id"]] = job
+        cursor = r.body["next_cursor"]
+        if not cursor:
+            return jobs
+    raise AssertionError("the listing never ended")

@@ -37,27 +37,11 @@ def _events(server, msg):
     return out
 
 
-def _all_jobs(server):
-    """Every job the server holds, by id, through the paged listing."""
-    jobs, cursor = {}, None
-    for _ in range(1000):
-        path = "/v1/jobs?limit=1000" + (f"&cursor={cursor}" if cursor else "")
-        r = server.get(path, timeout=30)
-        assert r.status == 200, (r.status, r.body)
-        for job in r.body["jobs"]:
-            assert job["id"] not in jobs, f"job {job['id']} listed twice"
-            jobs[job["id"]] = job
-        cursor = r.body["next_cursor"]
-        if not cursor:
-            return jobs
-    raise AssertionError("listing never ended")
-
-
 def _wait_all_terminal(server, ids, timeout):
     holder = {}
 
     def done():
-        holder["jobs"] = _all_jobs(server)
+        holder["jobs"] = sy.list_all(server)
         return all(holder["jobs"].get(i, {}).get("status") in sy.TERMINAL for i in ids)
 
     sy.wait_until(done, timeout, interval=0.5, message=f"{len(ids)} jobs terminal")
@@ -257,7 +241,7 @@ def test_sqlite_sync_normal_survives_kill9(server_factory, data_dir):
     os.kill(s.pid, signal.SIGKILL)
     s.wait_exit(10)
     s2 = server_factory(*flags)
-    jobs = _all_jobs(s2)
+    jobs = sy.list_all(s2)
     assert set(ids) | {done["id"]} == set(jobs), "jobs lost with --sqlite-sync normal"
     assert jobs[done["id"]]["status"] == "succeeded"
     s2.request("DELETE", f"/v1/jobs/{ids[-1]}")
@@ -306,7 +290,7 @@ def test_full_disk_refuses_with_503_and_recovers(switchyard_bin, data_dir):
         subprocess.run([prlimit, "--pid", str(s.pid), "--fsize=unlimited"], check=True, timeout=10)
         sy.wait_until(lambda: s.request("POST", "/v1/jobs", {"type": "noop", "model": "thread"}).status == 202,
                       10, interval=0.3, message="submissions accepted again")
-        refused = _all_jobs(s)
+        refused = sy.list_all(s)
         failed = [j for j in refused.values() if j["status"] == "failed"]
         assert len(failed) == statuses.count(503), (len(failed), statuses)
         assert all(j["error"]["code"] == "store_unavailable" and j["started_at"] is None for j in failed)

@@ -8,9 +8,13 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <optional>
 #include <ostream>
 #include <sstream>
@@ -206,13 +210,13 @@ TEST_CASE("builtin catalogue: names, kinds and published schemas") {
     CHECK(t.input_schema.contains("required"));
     CHECK_FALSE(t.description.empty());
     const bool fault = t.name == "crash" || t.name == "fork" || t.name == "open_files" || t.name == "hang";
-    CHECK(t.diagnostic == (t.name == "noop" || t.name == "alloc" || fault));
+    CHECK(t.diagnostic == (t.name == "noop" || t.name == "alloc" || t.name == "append_log" || fault));
     CHECK(t.process_only == fault);
     CHECK(static_cast<bool>(t.async) == (t.kind == Kind::io));
     CHECK(static_cast<bool>(t.blocking) == (t.kind == Kind::cpu));
   }
   CHECK(names == std::vector<std::string>{"sleep", "http.request", "hash", "primes", "burn", "noop", "alloc", "crash",
-                                          "fork", "open_files", "hang"});
+                                          "fork", "open_files", "hang", "append_log"});
   CHECK(type("sleep").kind == Kind::io);
   CHECK(type("http.request").kind == Kind::io);
   CHECK(type("primes").kind == Kind::cpu);
@@ -377,6 +381,127 @@ TEST_CASE("noop, alloc, crash: validation and runs") {
 
   CHECK(errors("crash", R"({"signal": "TERM"})") == Errors{{"/signal", R"(must be one of "SEGV", "ABRT", "KILL")"}});
   CHECK(errors("crash", R"({})") == Errors{{"/signal", "is required"}});
+}
+
+TEST_CASE("append_log: validation") {
+  CHECK(errors("append_log", R"({"path": "/tmp/x.log", "tag": "job-1", "ms": 0})").empty());
+  CHECK(errors("append_log", R"({"path": "/tmp/x.log", "tag": "a", "ms": 600000})").empty());
+  CHECK(errors("append_log", R"({"path": "x.log", "tag": "a", "ms": 1})") ==
+        Errors{{"/path", "must match the pattern \"^/\""}});
+  const auto empty_path = errors("append_log", R"({"path": "", "tag": "a", "ms": 1})");
+  REQUIRE(empty_path.size() == 1);
+  CHECK(empty_path[0].path == "/path");
+  CHECK(errors("append_log", R"({"path": "/tmp/x\u0000y", "tag": "a", "ms": 1})") ==
+        Errors{{"/path", "must not contain NUL"}});
+  Json long_path{{"path", "/" + std::string(4096, 'p')}, {"tag", "a"}, {"ms", 1}};
+  CHECK(catalogue().validate(type("append_log"), long_path) ==
+        Errors{{"/path", "must be at most 4096 characters long"}});
+  CHECK(errors("append_log", R"({"path": "/tmp/x", "ms": 1})") == Errors{{"/tag", "is required"}});
+  CHECK(errors("append_log", R"({"path": "/tmp/x", "tag": "", "ms": 1})") ==
+        Errors{{"/tag", "must be at least 1 characters long"}});
+  for (const char* tag : {"a b", "a\nb", "a\tb", " a", "a\r"}) {
+    INFO(tag);
+    CHECK(catalogue().validate(type("append_log"), Json{{"path", "/tmp/x"}, {"tag", tag}, {"ms", 1}}) ==
+          Errors{{"/tag", R"(must match the pattern "^[^\\s]+$")"}});
+  }
+  Json long_tag{{"path", "/tmp/x"}, {"tag", std::string(201, 't')}, {"ms", 1}};
+  CHECK(catalogue().validate(type("append_log"), long_tag) == Errors{{"/tag", "must be at most 200 characters long"}});
+  CHECK(errors("append_log", R"({"path": "/tmp/x", "tag": "a", "ms": 600001})") ==
+        Errors{{"/ms", "must be <= 600000"}});
+  CHECK(errors("append_log", R"({"path": "/tmp/x", "tag": "a"})") == Errors{{"/ms", "is required"}});
+}
+
+namespace {
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with what it holds.
+struct TempDir {
+  TempDir() {
+    const char* base = std::getenv("TMPDIR");
+    std::string pattern = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/switchyard-unit-XXXXXX";
+    REQUIRE(mkdtemp(pattern.data()) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+std::vector<std::vector<std::string>> read_fields(const std::string& path) {
+  std::ifstream file(path);
+  std::vector<std::vector<std::string>> lines;
+  for (std::string line; std::getline(file, line);) {
+    std::istringstream words(line);
+    lines.emplace_back(std::istream_iterator<std::string>(words), std::istream_iterator<std::string>());
+  }
+  return lines;
+}
+
+std::int64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+}  // namespace
+
+TEST_CASE("append_log: writes a start and an end line around its hold") {
+  TempDir dir;
+  const std::string log = dir.path + "/jobs.log";
+  const std::string pid = std::to_string(getpid());
+
+  SUBCASE("runs to its end") {
+    const std::int64_t before = monotonic_ns();
+    auto outcome = run_blocking("append_log", Json{{"path", log}, {"tag", "job-1"}, {"ms", 30}});
+    const std::int64_t after = monotonic_ns();
+    REQUIRE(outcome.ok);
+    const auto started = outcome.result.at("started_ns").get<std::int64_t>();
+    const auto ended = outcome.result.at("ended_ns").get<std::int64_t>();
+    CHECK(outcome.result.at("pid") == getpid());
+    CHECK(before <= started);
+    CHECK(ended - started >= 30'000'000);
+    CHECK(ended <= after);
+    CHECK(read_fields(log) == std::vector<std::vector<std::string>>{{"start", "job-1", pid, std::to_string(started)},
+                                                                    {"end", "job-1", pid, std::to_string(ended)}});
+    // A second run appends; it does not truncate.
+    REQUIRE(run_blocking("append_log", Json{{"path", log}, {"tag", "job-2"}, {"ms", 0}}).ok);
+    const auto lines = read_fields(log);
+    REQUIRE(lines.size() == 4);
+    CHECK(lines[2][0] == "start");
+    CHECK(lines[2][1] == "job-2");
+    CHECK(lines[3][0] == "end");
+  }
+  SUBCASE("stops early and says so in the file") {
+    StopFlag stop;
+    std::thread stopper([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      stop.request(StopReason::cancel);
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto outcome = type("append_log").blocking(Json{{"path", log}, {"tag", "long"}, {"ms", 600'000}}, stop);
+    stopper.join();
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK_FALSE(outcome.ok);
+    CHECK(outcome.error_code == "cancelled");
+    const auto lines = read_fields(log);
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0][0] == "start");
+    CHECK(lines[1][0] == "stop");
+    CHECK(lines[1][1] == "long");
+    CHECK(lines[1][2] == pid);
+    CHECK(std::stoll(lines[1][3]) - std::stoll(lines[0][3]) >= 50'000'000);
+  }
+  SUBCASE("a file it cannot open is handler_error") {
+    auto outcome = run_blocking("append_log", Json{{"path", dir.path + "/missing/jobs.log"}, {"tag", "t"}, {"ms", 0}});
+    CHECK_FALSE(outcome.ok);
+    CHECK(outcome.error_code == "handler_error");
+    CHECK(outcome.error_message == "open " + dir.path + "/missing/jobs.log: No such file or directory");
+  }
+  SUBCASE("a write that fails is handler_error") {
+    if (access("/dev/full", W_OK) != 0) return;  // a minimal container may not have it
+    auto outcome = run_blocking("append_log", Json{{"path", "/dev/full"}, {"tag", "t"}, {"ms", 0}});
+    CHECK_FALSE(outcome.ok);
+    CHECK(outcome.error_code == "handler_error");
+    CHECK(outcome.error_message == "write: No space left on device");
+  }
 }
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
