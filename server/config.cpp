@@ -123,7 +123,7 @@ void add_serve_options(CLI::App& app, Config& c) {
       ->envname(env("DRAIN_GRACE_MS"))->check(CLI::Range(std::int64_t{0}, std::int64_t{3600000}))->capture_default_str();
   app.add_option("--retain-jobs", c.retain_jobs, "finished jobs kept for reading; oldest-finished evicted first")
       ->envname(env("RETAIN_JOBS"))->check(CLI::Range(std::size_t{1}, std::size_t{100000000}))->capture_default_str();
-  app.add_flag("--diagnostics", c.diagnostics, "enable the diagnostic job types noop, alloc, crash, fork, open_files, hang")
+  app.add_flag("--diagnostics", c.diagnostics, "enable the diagnostic job types noop, alloc, crash, fork, open_files, hang, append_log")
       ->envname(env("DIAGNOSTICS"));
   app.add_option("--log-format", c.log_format, "text or json (JSON lines)")
       ->envname(env("LOG_FORMAT"))->check(CLI::IsMember({"text", "json"}))->capture_default_str();

@@ -96,7 +96,7 @@ struct JobType {
 /// Options that shape the built-in job types. The server and every worker process must be
 /// given the same options so that both sides see the same catalogue.
 struct BuiltinOptions {
-  bool diagnostics = false;                 ///< register noop, alloc, crash, fork, open_files, hang
+  bool diagnostics = false;                 ///< register noop, alloc, crash, fork, open_files, hang, append_log
   std::vector<std::string> http_allow;      ///< http.request destinations: hosts or CIDRs; empty = loopback only
   std::size_t http_max_response_bytes = 1 << 20;
   int http_max_timeout_ms = 30000;
@@ -131,7 +131,7 @@ class Catalogue {
 };
 
 /// Registers the built-in types of API.md ("sleep", "http.request", "hash", "primes", "burn",
-/// and with diagnostics "noop", "alloc", "crash", "fork", "open_files", "hang").
+/// and with diagnostics "noop", "alloc", "crash", "fork", "open_files", "hang", "append_log").
 void register_builtin_types(Catalogue& catalogue, const BuiltinOptions& options);
 
 /// A catalogue with the built-in types.

@@ -416,3 +416,64 @@ def test_kill9_of_a_replica_never_runs_a_job_twice_at_once(proof_trio, tmp_path)
           f"{failed} failed interrupted; first re-run of a cut-short job {min(rerun_gaps_ms, default=None)} ms after the kill "
           f"(lease {LEASE_MS} ms); survivors finished {finish_s:.1f} s after the kill, "
           f"{time.monotonic() - t_start:.1f} s in all; {dict(by_status)}")
+
+
+# --- a replica cut off from the database ------------------------------------------------------
+
+def test_a_replica_cut_off_from_the_database_stops_its_jobs_before_another_takes_them(switchyard_bin, tmp_path):
+    """Fencing: replica B loses the database (its role may no longer log in, its sessions are
+    ended) while it runs a job. B cannot renew its lease, so it must stop the job itself before
+    the lease runs out; only then may A take the job over. The job's worker process on B is
+    watched from here: it must be gone before A's run starts."""
+    if pg_helpers.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian package postgresql)")
+    log = str(tmp_path / "fence.log")
+    with pg_helpers.TempPostgres() as pg:
+        pg.psql("CREATE ROLE replica_b LOGIN SUPERUSER")
+        b_url = pg.url.replace("switchyard@", "replica_b@")
+        flags = ("--store", "postgres", "--lease-ms", LEASE_MS, "--process-workers", 1)
+        b = sy.Server(switchyard_bin, flags + ("--database-url", b_url))
+        a = sy.Server(switchyard_bin, flags + ("--database-url", pg.url))
+        try:
+            b.start()
+            job = b.submit_ok("append_log", {"path": log, "tag": "fenced", "ms": 6000}, max_attempts=2)
+            b_worker = sy.wait_until(lambda: starts_in(log, 1), 10, message="B's run started")["fenced"]
+            assert runner_of(b_worker, [b]) is b
+            a.start()
+
+            gone_ns = []
+            def watch():  # when B's worker stops existing (or is a zombie), by the jobs' clock
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    state = (sy.proc_stat(b_worker) or {}).get("state")
+                    if state in (None, "Z"):
+                        gone_ns.append(time.monotonic_ns())
+                        return
+                    time.sleep(0.005)
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            cut_ns = time.monotonic_ns()
+            pg.psql("ALTER ROLE replica_b NOLOGIN")
+            pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'replica_b'")
+
+            watcher.join(timeout=30)
+            assert gone_ns, "B kept running the job after it lost the database"
+            stopped_after_ms = (gone_ns[0] - cut_ns) / 1e6
+            assert stopped_after_ms < LEASE_MS, f"B stopped its job {stopped_after_ms:.0f} ms after the cut"
+            assert b.request("GET", "/readyz", timeout=5).status == 503, "B says ready without its database"
+
+            final = a.wait_job(job["id"], timeout=30)
+            assert final["status"] == "succeeded" and final["attempts"] == 2, final
+            runs = [(event, pid, ns) for event, tag, pid, ns in read_log(log) if tag == "fenced"]
+            (a_start,) = [ns for event, pid, ns in runs if event == "start" and pid != b_worker]
+            assert a_start > gone_ns[0], "A's run began while B's worker still ran the job"
+            print(f"B stopped its job {stopped_after_ms:.0f} ms after losing the database; A started it "
+                  f"{(a_start - gone_ns[0]) / 1e6:.0f} ms later (lease {LEASE_MS} ms)")
+
+            pg.psql("ALTER ROLE replica_b LOGIN")  # back: B is ready again and serves the job
+            sy.wait_until(lambda: b.request("GET", "/readyz", timeout=5).status == 200, 15,
+                          message="B ready again once the database is back")
+            assert b.job(job["id"])["status"] == "succeeded"
+        finally:
+            a.kill()
+            b.kill()
