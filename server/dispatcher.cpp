@@ -656,7 +656,13 @@ asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id,
   asio::steady_timer timer(executor);
   for (;;) {
     std::optional<api::Job> job = co_await shared_->get(id);
-    if (!job || api::is_terminal(job->status) || SteadyClock::now() >= deadline) co_return job;
+    bool draining = false;
+    {
+      std::lock_guard lock(mutex_);
+      draining = draining_;
+    }
+    // At shutdown a long-poll answers with the job as it stands (another replica may run it).
+    if (!job || api::is_terminal(job->status) || SteadyClock::now() >= deadline || draining) co_return job;
     // A NOTIFY wakes it when the job ends; the timer re-reads in case one was missed.
     timer.expires_at(std::min(deadline, SteadyClock::now() + std::chrono::seconds(1)));
     co_await (waiter->async_receive(asio::as_tuple(asio::use_awaitable)) ||
@@ -931,6 +937,10 @@ asio::awaitable<void> Dispatcher::drain(std::chrono::milliseconds grace) {
   {
     std::lock_guard lock(mutex_);
     left = left_for_restart_;
+    // Long-polls on jobs of other replicas: answer them now, before the server stops.
+    for (auto& [id, waiters] : waiters_) {
+      for (auto& waiter : waiters) waiter->try_send(boost::system::error_code{});
+    }
   }
   log::event(spdlog::level::info, "drained",
              {{"workers_left", processes_.stopped() ? 0 : 1},

@@ -477,3 +477,48 @@ def test_a_replica_cut_off_from_the_database_stops_its_jobs_before_another_takes
         finally:
             a.kill()
             b.kill()
+
+
+def test_sigterm_answers_long_polls_and_hands_running_jobs_to_the_others(switchyard_bin, tmp_path):
+    """A replica that drains answers its open long-polls at once (a job running elsewhere would
+    not wake them), and a job it had to stop at the end of its grace goes back to the shared
+    queue, where another replica runs it as its next attempt."""
+    if pg_helpers.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian package postgresql)")
+    log = str(tmp_path / "handover.log")
+    with pg_helpers.TempPostgres() as pg:
+        flags = ("--store", "postgres", "--database-url", pg.url, "--lease-ms", LEASE_MS, "--process-workers", 1)
+        a = sy.Server(switchyard_bin, flags + ("--drain-grace-ms", 300))
+        b = sy.Server(switchyard_bin, flags)
+        try:
+            a.start()
+            b.start()
+            # One worker each: two long jobs, one on each replica.
+            jobs = [a.submit_ok("append_log", {"path": log, "tag": f"long-{i}", "ms": 2500}, max_attempts=2)
+                    for i in range(2)]
+            starts = sy.wait_until(lambda: starts_in(log, 2), 10, message="both jobs started")
+            on_a = next(j for j in jobs if runner_of(starts[j["input"]["tag"]], [a, b]) is a)
+            on_b = next(j for j in jobs if j is not on_a)
+
+            holder = {}
+            def poll():
+                t0 = time.monotonic()
+                holder["r"] = a.get(f"/v1/jobs/{on_b['id']}?wait=60", timeout=90)
+                holder["s"] = time.monotonic() - t0
+            poller = threading.Thread(target=poll, daemon=True)
+            poller.start()
+            time.sleep(0.3)  # the long-poll waits on A
+            a.send_signal(signal.SIGTERM)
+            assert a.wait_exit(20) == 0, a.log_tail()
+            poller.join(timeout=30)
+            r = holder["r"]
+            assert r.status == 200 and r.body["status"] in ("running", "succeeded"), (r.status, r.body)
+            assert holder["s"] < 2.5, f"the long-poll waited {holder['s']:.1f} s through the shutdown"
+
+            final = b.wait_job(on_a["id"], timeout=20)
+            assert final["status"] == "succeeded" and final["attempts"] == 2, final
+            assert runner_of(final["worker_pid"], [b]) is b
+            assert b.wait_job(on_b["id"], timeout=10)["status"] == "succeeded"
+        finally:
+            a.kill()
+            b.kill()
