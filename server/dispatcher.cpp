@@ -957,6 +957,11 @@ std::array<ModelGauges, 2> Dispatcher::gauges() const {
                           static_cast<double>(config_.io_threads), static_cast<double>(thread_stats.blocking)};
   gauges[1] = ModelGauges{static_cast<double>(pool_stats.queued), static_cast<double>(pool_stats.busy),
                           static_cast<double>(pool_stats.workers), static_cast<double>(pool_stats.busy)};
+  if (shared_ != nullptr) {
+    // Jobs wait in the shared queue, not here: report its length (the same on every replica).
+    gauges[0].queued = static_cast<double>(shared_->queued(Model::thread));
+    gauges[1].queued = static_cast<double>(shared_->queued(Model::process));
+  }
   return gauges;
 }
 

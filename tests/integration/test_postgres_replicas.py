@@ -181,6 +181,10 @@ class TestEveryReplicaServesTheWholeApi:
         sy.wait_until(lambda: len(read_log(log)) == 6, 5, message="all six blockers started in a worker")
         waiting = a.submit_ok("append_log", {"path": log, "tag": "never", "ms": 1})
         assert b.job(waiting["id"])["status"] == "queued"
+        # The queue is the shared one: every replica reports its length (refreshed every second).
+        sy.wait_until(lambda: all(s.stats()["models"]["process"]["queued"] == 1 for s in trio), 5,
+                      message="every replica's stats show the one queued job")
+        assert all(sy.metric_sum(s.metrics()[0], "switchyard_jobs_queued", model="process") == 1 for s in trio)
 
         r = c.request("DELETE", f"/v1/jobs/{waiting['id']}")
         assert r.status == 200 and r.body["status"] == "cancelled", (r.status, r.body)
