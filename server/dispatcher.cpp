@@ -745,7 +745,15 @@ void Dispatcher::on_notice(const SharedQueue::Notice& notice) {
       wake_claimer();
       break;
     case NoticeKind::cancel:
-      if (cancel_local(notice.id)) log::job(spdlog::level::debug, notice.id, "cancel requested by another replica", {});
+      if (cancel_local(notice.id)) {
+        log::job(spdlog::level::debug, notice.id, "cancel requested by another replica", {});
+      } else {
+        // Perhaps claimed here a moment ago and not yet taken in: the claim loop checks.
+        std::lock_guard lock(mutex_);
+        const auto now = SteadyClock::now();
+        std::erase_if(cancel_requests_, [now](const auto& entry) { return now - entry.second > std::chrono::seconds(10); });
+        cancel_requests_.emplace(notice.id, now);
+      }
       break;
     case NoticeKind::leases_lost: {
       // As at shutdown, but now: queued runs go back, running ones stop and go back (the
@@ -871,6 +879,14 @@ asio::awaitable<void> Dispatcher::claim_loop() {
       }
       dispatch(runs);
       for (auto& finished : ended) after_finish(std::move(finished));
+      std::vector<std::string> to_cancel;
+      {
+        std::lock_guard lock(mutex_);
+        for (const auto& [run, run_model] : runs) {
+          if (cancel_requests_.erase(run->id_text()) > 0) to_cancel.push_back(run->id_text());
+        }
+      }
+      for (const auto& id : to_cancel) cancel_local(id);
     }
     if (more) continue;
     // Until a NOTIFY (new jobs, or room here) or a second passes: a missed notice costs a second.

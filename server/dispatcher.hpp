@@ -143,6 +143,8 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   SharedQueue* shared_ = nullptr;         // the store's shared queue, if it has one
   std::shared_ptr<Waiter> claim_wake_;    // shared store: a poke for the claim loop
   std::unordered_set<std::string> fenced_;  // shared store: jobs stopped because the leases lapsed
+  // shared store: cancels asked for jobs not active here, for a claim that is being taken in
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> cancel_requests_;
   struct Active {
     std::shared_ptr<workers::Execution> run;
     api::Model model;

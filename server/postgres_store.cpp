@@ -216,29 +216,38 @@ asio::awaitable<SharedQueue::Submitted> PostgresJobStore::submit(std::vector<api
   auto outcome = co_await on_pool<Submitted>([&](PgConnection& db) {
     Submitted submitted;
     db.exec("BEGIN");
-    if (key) {
+    // A key is remembered while all of its jobs are: one whose jobs were (partly) deleted by
+    // the result TTL is forgotten, and this request is new. Bounded, for keys that keep moving.
+    for (int round = 0; key; ++round) {
+      if (round == 3) throw PgError("Idempotency-Key " + *key + " kept changing under this request");
       const auto inserted = db.query(
           "INSERT INTO switchyard_idempotency_keys (key, fingerprint, job_ids) VALUES ($1, $2, $3::uuid[]) "
           "ON CONFLICT (key) DO NOTHING RETURNING key",
           {*key, fingerprint, uuid_array(ids)});
-      if (inserted.rows() == 0) {
-        // Used before (perhaps on another replica): the same request gets the same jobs.
-        const auto earlier = db.query(
-            "SELECT fingerprint, array_to_string(job_ids, ',') FROM switchyard_idempotency_keys WHERE key = $1",
-            {*key});
+      if (inserted.rows() == 1) break;
+      // Used before (perhaps on another replica): the same request gets the same jobs.
+      const auto earlier = db.query(
+          "SELECT fingerprint, array_to_string(job_ids, ','), cardinality(job_ids) "
+          "FROM switchyard_idempotency_keys WHERE key = $1 FOR UPDATE",
+          {*key});
+      if (earlier.rows() == 0) continue;  // deleted meanwhile
+      if (earlier.text(0, 0) != fingerprint) {
         db.exec("ROLLBACK");
-        if (earlier.rows() == 0 || earlier.text(0, 0) != fingerprint) {
-          submitted.kind = Submitted::Kind::conflict;
-          return submitted;
-        }
-        submitted.kind = Submitted::Kind::replayed;
-        // Those not expired since, in the order they were made (ids are time-ordered).
-        submitted.jobs = jobs_from(db.query("SELECT " + columns("j") +
-                                                " FROM switchyard_jobs j WHERE j.id = ANY (string_to_array($1, ',')::uuid[]) "
-                                                "ORDER BY j.id",
-                                            {earlier.text(0, 1)}));
+        submitted.kind = Submitted::Kind::conflict;
         return submitted;
       }
+      // In the order they were made (ids are time-ordered).
+      auto kept = jobs_from(db.query("SELECT " + columns("j") +
+                                         " FROM switchyard_jobs j WHERE j.id = ANY (string_to_array($1, ',')::uuid[]) "
+                                         "ORDER BY j.id",
+                                     {earlier.text(0, 1)}));
+      if (kept.size() == std::stoul(earlier.text(0, 2))) {
+        db.exec("ROLLBACK");
+        submitted.kind = Submitted::Kind::replayed;
+        submitted.jobs = std::move(kept);
+        return submitted;
+      }
+      db.query("DELETE FROM switchyard_idempotency_keys WHERE key = $1", {*key});
     }
     db.query(
         "INSERT INTO switchyard_jobs (id, type, model, status, priority, timeout_ms, attempts, max_attempts, input, "

@@ -526,3 +526,36 @@ def test_sigterm_answers_long_polls_and_hands_running_jobs_to_the_others(switchy
         finally:
             a.kill()
             b.kill()
+
+
+def test_result_ttl_deletes_finished_jobs_and_forgets_their_keys(switchyard_bin):
+    if pg_helpers.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian package postgresql)")
+    with pg_helpers.TempPostgres() as pg:
+        a = sy.Server(switchyard_bin, ("--store", "postgres", "--database-url", pg.url, "--result-ttl-s", 1))
+        try:
+            a.start()
+            headers = {"Idempotency-Key": "ttl-key", "Prefer": "wait=10"}
+            first = a.submit("noop", {}, headers=headers)
+            assert first.status == 200 and first.body["status"] == "succeeded", (first.status, first.body)
+            replay = a.submit("noop", {}, headers=headers)
+            assert replay.status == 200 and replay.body["id"] == first.body["id"]
+            # Deleted once finished longer than the TTL ago (the sweep runs every 5 s).
+            sy.wait_until(lambda: a.get(f"/v1/jobs/{first.body['id']}").status == 404, 15,
+                          message="the finished job deleted after its TTL")
+            assert pg.psql("SELECT count(*) FROM switchyard_jobs") == [["0"]]
+            # The key went with its job: the same request is new again, not a replay of nothing.
+            again = a.submit("noop", {}, headers=headers)
+            assert again.status == 200 and again.body["id"] != first.body["id"], (again.status, again.body)
+            # A key that outlived one of its jobs (deleted between the two statements of a sweep):
+            # also new again.
+            batch_headers = {"Idempotency-Key": "half-gone"}
+            items = {"jobs": [{"type": "noop", "input": {}}, {"type": "noop", "input": {}}]}
+            made = a.request("POST", "/v1/jobs:batch", items, headers=batch_headers)
+            assert made.status == 202, (made.status, made.body)
+            pg.psql(f"DELETE FROM switchyard_jobs WHERE id = '{made.body['jobs'][0]['id']}'")
+            remade = a.request("POST", "/v1/jobs:batch", items, headers=batch_headers)
+            assert remade.status == 202, (remade.status, remade.body)
+            assert {j["id"] for j in remade.body["jobs"]}.isdisjoint(j["id"] for j in made.body["jobs"])
+        finally:
+            a.kill()
