@@ -1,13 +1,13 @@
 #include "server/postgres_store.hpp"
 
-#include <algorithm>
 #include <poll.h>
-#include <random>
 #include <unistd.h>
+#include <algorithm>
+#include <random>
 
+#include <libpq-fe.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <libpq-fe.h>
 
 #include "api/job_service.hpp"
 #include "api/requests.hpp"
@@ -27,9 +27,7 @@ using Params = std::vector<std::optional<std::string>>;
 /// microseconds so that nothing is lost to text formats.
 std::string columns(const std::string& table) {
   const auto col = [&table](const char* name) { return table + "." + name; };
-  const auto micros = [&](const char* name) {
-    return "(extract(epoch FROM " + col(name) + ") * 1000000)::bigint";
-  };
+  const auto micros = [&](const char* name) { return "(extract(epoch FROM " + col(name) + ") * 1000000)::bigint"; };
   return col("id") + "::text, " + col("type") + ", " + col("model") + ", " + col("status") + ", " + col("priority") +
          ", " + col("timeout_ms") + ", " + col("attempts") + ", " + col("max_attempts") + ", " + col("input") +
          "::text, " + col("result") + "::text, " + col("error") + "::text, " + micros("created_at") + ", " +
@@ -104,12 +102,20 @@ std::string uuid_array(const std::vector<std::string>& ids) {
 /// The attempt rule, as SQL over a row `j` whose replica stopped (shutdown or lost lease):
 /// requeue while attempts remain (or it never started), else fail with `interrupted`.
 std::string attempt_rule_assignments(const std::string& requeue, const std::string& message_sql) {
-  return "status = CASE WHEN " + requeue + " THEN 'queued' ELSE 'failed' END, "
-         "error = CASE WHEN " + requeue + " THEN NULL ELSE jsonb_build_object('code', 'interrupted', 'message', " +
-         message_sql + ") END, "
-         "finished_at = CASE WHEN " + requeue + " THEN NULL ELSE now() END, "
-         "started_at = CASE WHEN " + requeue + " THEN NULL ELSE j.started_at END, "
-         "worker_pid = CASE WHEN " + requeue + " THEN NULL ELSE j.worker_pid END, "
+  return "status = CASE WHEN " + requeue +
+         " THEN 'queued' ELSE 'failed' END, "
+         "error = CASE WHEN " +
+         requeue + " THEN NULL ELSE jsonb_build_object('code', 'interrupted', 'message', " + message_sql +
+         ") END, "
+         "finished_at = CASE WHEN " +
+         requeue +
+         " THEN NULL ELSE now() END, "
+         "started_at = CASE WHEN " +
+         requeue +
+         " THEN NULL ELSE j.started_at END, "
+         "worker_pid = CASE WHEN " +
+         requeue +
+         " THEN NULL ELSE j.worker_pid END, "
          "lease_owner = NULL, lease_expires_at = NULL";
 }
 
@@ -142,8 +148,10 @@ PostgresJobStore::PostgresJobStore(Options options)
   listener_ = std::thread([this] { listener_loop(); });
   maintenance_ = std::thread([this] { maintenance_loop(); });
   log::event(spdlog::level::info, "job store opened",
-             {{"store", "postgres"}, {"database", redact_database_url(options_.url)},
-              {"replica", options_.replica_id}, {"lease_ms", options_.lease.count()}});
+             {{"store", "postgres"},
+              {"database", redact_database_url(options_.url)},
+              {"replica", options_.replica_id},
+              {"lease_ms", options_.lease.count()}});
 }
 
 PostgresJobStore::~PostgresJobStore() {
@@ -310,7 +318,8 @@ asio::awaitable<std::pair<bool, std::optional<api::Job>>> PostgresJobStore::canc
     const auto cancelled = db.query(
         "UPDATE switchyard_jobs j SET status = 'cancelled', finished_at = now(), "
         "error = jsonb_build_object('code', 'cancelled', 'message', 'cancelled while queued') "
-        "WHERE j.id = $1::uuid AND j.status = 'queued' AND j.lease_owner IS NULL RETURNING " + columns("j"),
+        "WHERE j.id = $1::uuid AND j.status = 'queued' AND j.lease_owner IS NULL RETURNING " +
+            columns("j"),
         {id});
     if (cancelled.rows() == 1) db.query("SELECT pg_notify('switchyard_finished', $1)", {id});
     db.exec("COMMIT");
@@ -330,13 +339,14 @@ asio::awaitable<void> PostgresJobStore::request_cancel(std::string id) {
 
 asio::awaitable<std::vector<api::Job>> PostgresJobStore::claim(api::Model model, std::size_t limit) {
   auto jobs = co_await on_pool<std::vector<api::Job>>([&](PgConnection& db) {
-    return jobs_from(db.query(
-        "UPDATE switchyard_jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(), "
-        "lease_owner = $1, lease_expires_at = now() + $2::bigint * interval '1 millisecond' "
-        "FROM (SELECT id FROM switchyard_jobs WHERE status = 'queued' AND lease_owner IS NULL AND model = $3 "
-        "ORDER BY priority DESC, id LIMIT $4 FOR UPDATE SKIP LOCKED) c WHERE j.id = c.id RETURNING " + columns("j"),
-        {options_.replica_id, std::to_string(options_.lease.count()), std::string(api::to_string(model)),
-         std::to_string(limit)}));
+    return jobs_from(
+        db.query("UPDATE switchyard_jobs j SET status = 'running', attempts = j.attempts + 1, started_at = now(), "
+                 "lease_owner = $1, lease_expires_at = now() + $2::bigint * interval '1 millisecond' "
+                 "FROM (SELECT id FROM switchyard_jobs WHERE status = 'queued' AND lease_owner IS NULL AND model = $3 "
+                 "ORDER BY priority DESC, id LIMIT $4 FOR UPDATE SKIP LOCKED) c WHERE j.id = c.id RETURNING " +
+                     columns("j"),
+                 {options_.replica_id, std::to_string(options_.lease.count()), std::string(api::to_string(model)),
+                  std::to_string(limit)}));
   });
   // As they were before the claim: the dispatcher starts them, which counts the attempt again.
   for (auto& job : jobs) {
@@ -352,7 +362,9 @@ asio::awaitable<std::vector<api::Job>> PostgresJobStore::claim(api::Model model,
 
 // --- JobStore: the jobs this replica runs -------------------------------------------------
 
-void PostgresJobStore::insert(api::Job job) { memory_.insert(std::move(job)); }
+void PostgresJobStore::insert(api::Job job) {
+  memory_.insert(std::move(job));
+}
 
 bool PostgresJobStore::update(const std::string& id, const std::function<void(api::Job&)>& change) {
   if (!memory_.update(id, change)) return false;
@@ -366,7 +378,9 @@ Evicted PostgresJobStore::retire(const std::string& id) {
   return {};
 }
 
-Evicted PostgresJobStore::expire(api::TimePoint /*cutoff*/) { return {}; }  // the maintenance thread does it
+Evicted PostgresJobStore::expire(api::TimePoint /*cutoff*/) {
+  return {};
+}  // the maintenance thread does it
 
 void PostgresJobStore::release(const std::string& id, bool started) {
   if (memory_.find(id) != nullptr) memory_.retire(id);
@@ -442,8 +456,9 @@ void PostgresJobStore::writer_loop() {
         stopping = stopping_;
       }
       if (stopping && attempt >= 2) {
-        log::event(spdlog::level::err, "job store: changes not written at shutdown; their leases expire and "
-                                       "other replicas take the jobs over",
+        log::event(spdlog::level::err,
+                   "job store: changes not written at shutdown; their leases expire and "
+                   "other replicas take the jobs over",
                    {{"changes", batch.size()}});
         break;
       }
@@ -462,7 +477,8 @@ bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch
         const bool ended = api::is_terminal(job.status);
         const auto written = db.query(
             "WITH u AS (UPDATE switchyard_jobs j SET status = $3, attempts = $4::integer, result = $5::jsonb, "
-            "error = $6::jsonb, started_at = " + at_micros(7) + ", finished_at = " + at_micros(8) +
+            "error = $6::jsonb, started_at = " +
+                at_micros(7) + ", finished_at = " + at_micros(8) +
                 ", queue_ms = $9::double precision, run_ms = $10::double precision, cpu_ms = $11::double precision, "
                 "worker_pid = $12::integer, lease_owner = CASE WHEN $13::boolean THEN NULL ELSE j.lease_owner END, "
                 "lease_expires_at = CASE WHEN $13::boolean THEN NULL ELSE j.lease_expires_at END "
@@ -474,7 +490,8 @@ bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch
                              nlohmann::json{{"code", job.error->code}, {"message", job.error->message}}.dump())
                        : std::nullopt,
              micros_of(job.started_at), micros_of(job.finished_at), number(job.queue_ms), number(job.run_ms),
-             number(job.cpu_ms), job.worker_pid ? std::optional<std::string>(std::to_string(*job.worker_pid)) : std::nullopt,
+             number(job.cpu_ms),
+             job.worker_pid ? std::optional<std::string>(std::to_string(*job.worker_pid)) : std::nullopt,
              ended ? "true" : "false"});
         if (written.rows() == 0 && job.status != JobStatus::running) {
           log::job(spdlog::level::warn, job.id, "job change not written: this replica no longer holds its lease",
@@ -483,12 +500,14 @@ bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch
       } else {
         const auto& release = std::get<Release>(change);
         const std::string requeue = release.started ? "j.attempts < j.max_attempts" : "true";
-        db.query("WITH u AS (UPDATE switchyard_jobs j SET attempts = CASE WHEN $3::boolean OR j.status <> 'running' "
-                 "THEN j.attempts ELSE j.attempts - 1 END, " +
-                     attempt_rule_assignments(requeue, "'the replica running the job shut down (attempt ' || "
-                                                       "j.attempts || ' of ' || j.max_attempts || ')'") +
-                     " WHERE j.id = $1::uuid AND j.lease_owner = $2 RETURNING j.id, j.status, j.model) " + kNotifyRows,
-                 {release.id, options_.replica_id, release.started ? "true" : "false"});
+        db.query(
+            "WITH u AS (UPDATE switchyard_jobs j SET attempts = CASE WHEN $3::boolean OR j.status <> 'running' "
+            "THEN j.attempts ELSE j.attempts - 1 END, " +
+                attempt_rule_assignments(requeue,
+                                         "'the replica running the job shut down (attempt ' || "
+                                         "j.attempts || ' of ' || j.max_attempts || ')'") +
+                " WHERE j.id = $1::uuid AND j.lease_owner = $2 RETURNING j.id, j.status, j.model) " + kNotifyRows,
+            {release.id, options_.replica_id, release.started ? "true" : "false"});
       }
     }
     db.exec("COMMIT");
@@ -607,20 +626,21 @@ void PostgresJobStore::maintain(PgConnection& db, bool expire_now) {
   db.query("INSERT INTO switchyard_replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
            {options_.replica_id});
   // Rows the writer holds right now are renewed next time: waiting for them could deadlock.
-  db.query("UPDATE switchyard_jobs j SET lease_expires_at = now() + $2::bigint * interval '1 millisecond' "
-           "FROM (SELECT id FROM switchyard_jobs WHERE lease_owner = $1 AND status IN ('queued', 'running') "
-           "FOR UPDATE SKIP LOCKED) mine WHERE j.id = mine.id",
-           {options_.replica_id, lease_ms});
+  db.query(
+      "UPDATE switchyard_jobs j SET lease_expires_at = now() + $2::bigint * interval '1 millisecond' "
+      "FROM (SELECT id FROM switchyard_jobs WHERE lease_owner = $1 AND status IN ('queued', 'running') "
+      "FOR UPDATE SKIP LOCKED) mine WHERE j.id = mine.id",
+      {options_.replica_id, lease_ms});
   // Leases that expired belong to replicas that stopped renewing them (killed, or cut off):
   // their jobs go back to the queue or end, by the attempt rule.
   const auto reclaimed = db.query(
       "WITH expired AS (SELECT id FROM switchyard_jobs WHERE lease_owner IS NOT NULL AND lease_expires_at < now() "
       "AND status IN ('queued', 'running') FOR UPDATE SKIP LOCKED), "
       "u AS (UPDATE switchyard_jobs j SET " +
-          attempt_rule_assignments("(j.status = 'queued' OR j.attempts < j.max_attempts)",
-                                   "'the replica running the job (' || j.lease_owner || ') stopped renewing its "
-                                   "lease (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'") +
-          " FROM expired WHERE j.id = expired.id RETURNING j.id, j.status, j.model) " + kNotifyRows);
+      attempt_rule_assignments("(j.status = 'queued' OR j.attempts < j.max_attempts)",
+                               "'the replica running the job (' || j.lease_owner || ') stopped renewing its "
+                               "lease (attempt ' || j.attempts || ' of ' || j.max_attempts || ')'") +
+      " FROM expired WHERE j.id = expired.id RETURNING j.id, j.status, j.model) " + kNotifyRows);
   if (reclaimed.rows() > 0) {
     std::size_t requeued = 0;
     for (int row = 0; row < reclaimed.rows(); ++row) requeued += reclaimed.text(row, 1) == "queued" ? 1 : 0;
@@ -638,9 +658,10 @@ void PostgresJobStore::maintain(PgConnection& db, bool expire_now) {
     const std::string ttl = nlohmann::json(options_.result_ttl_s).dump();
     db.query("DELETE FROM switchyard_jobs WHERE finished_at < now() - $1::double precision * interval '1 second'",
              {ttl});
-    db.query("DELETE FROM switchyard_idempotency_keys k WHERE k.created_at < now() - $1::double precision * "
-             "interval '1 second' AND NOT EXISTS (SELECT 1 FROM switchyard_jobs j WHERE j.id = ANY (k.job_ids))",
-             {ttl});
+    db.query(
+        "DELETE FROM switchyard_idempotency_keys k WHERE k.created_at < now() - $1::double precision * "
+        "interval '1 second' AND NOT EXISTS (SELECT 1 FROM switchyard_jobs j WHERE j.id = ANY (k.job_ids))",
+        {ttl});
     db.query("DELETE FROM switchyard_replicas WHERE heartbeat_at < now() - interval '1 day'");
   }
 }

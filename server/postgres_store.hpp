@@ -37,10 +37,10 @@ class PostgresJobStore final : public JobStore, public SharedQueue {
  public:
   struct Options {
     std::string url;
-    std::string replica_id;                         ///< unique per process
+    std::string replica_id;  ///< unique per process
     std::chrono::milliseconds lease{15000};
-    double result_ttl_s = 86400;                    ///< 0 = keep finished jobs
-    std::size_t connections = 4;                    ///< for requests (reads, submissions, claims)
+    double result_ttl_s = 86400;  ///< 0 = keep finished jobs
+    std::size_t connections = 4;  ///< for requests (reads, submissions, claims)
   };
 
   /// Connects, applies the schema migrations and starts the listener, the writer and the
@@ -82,8 +82,13 @@ class PostgresJobStore final : public JobStore, public SharedQueue {
   [[nodiscard]] const std::string& replica_id() const override { return options_.replica_id; }
 
  private:
-  struct PutJob { api::Job job; };
-  struct Release { std::string id; bool started; };
+  struct PutJob {
+    api::Job job;
+  };
+  struct Release {
+    std::string id;
+    bool started;
+  };
   using Change = std::variant<PutJob, Release>;
 
   /// Runs `task` with a pooled connection on the request pool; the awaitable completes on the
