@@ -203,7 +203,9 @@ void Dispatcher::leave_for_restart_locked(const std::string& id) {
   if (shared_ != nullptr) shared_->release(id, active->second.started.has_value());
   active_.erase(active);
   ++left_for_restart_;
-  if (auto it = waiters_.find(id); it != waiters_.end()) {
+  // With a shared store, waiters stay registered: they re-read the database, and the NOTIFY of
+  // the job's end (or the drain) wakes them.
+  if (auto it = waiters_.find(id); it != waiters_.end() && shared_ == nullptr) {
     for (auto& waiter : it->second) waiter->try_send(boost::system::error_code{});
     waiters_.erase(it);
   }
@@ -534,7 +536,9 @@ std::optional<Dispatcher::Finished> Dispatcher::finish_locked(const std::string&
     if (pid) job.worker_pid = static_cast<int>(*pid);
   });
   store_->retire(id);
-  if (auto it = waiters_.find(id); it != waiters_.end()) {
+  // With a shared store the job's end is readable only once the writer committed it: its NOTIFY
+  // wakes the waiters then, on every replica.
+  if (auto it = waiters_.find(id); it != waiters_.end() && shared_ == nullptr) {
     finished.waiters = std::move(it->second);
     waiters_.erase(it);
   }

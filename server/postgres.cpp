@@ -2,6 +2,8 @@
 
 #include <iterator>
 
+#include <poll.h>
+
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
 #include <libpq-fe.h>
@@ -134,6 +136,14 @@ PgResult PgConnection::query(const std::string& sql, const std::vector<std::opti
 }
 
 bool PgConnection::ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+
+bool PgConnection::alive() {
+  if (!ok()) return false;
+  // An idle connection has nothing to read: anything there (the server's "terminating
+  // connection" before it closed, or the close itself) means it is gone.
+  pollfd fd{PQsocket(conn_), POLLIN, 0};
+  return ::poll(&fd, 1, 0) == 0;
+}
 
 std::string redact_database_url(const std::string& url) {
   auto parsed = boost::urls::parse_uri(url);

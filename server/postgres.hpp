@@ -48,8 +48,11 @@ class PgConnection {
   void exec(const std::string& sql);
   /// Runs one statement with text parameters ($1, $2, ...; nullopt is NULL); throws PgError.
   PgResult query(const std::string& sql, const std::vector<std::optional<std::string>>& params = {});
-  /// False once the connection is broken.
+  /// False once the connection is known to be broken.
   [[nodiscard]] bool ok() const;
+  /// For an idle connection: false if it is broken or the server sent something (its goodbye
+  /// before closing it), so that it is dropped instead of failing the next statement.
+  [[nodiscard]] bool alive();
   /// The libpq connection, for LISTEN (PQsocket, PQconsumeInput, PQnotifies).
   [[nodiscard]] pg_conn* native() const { return conn_; }
 

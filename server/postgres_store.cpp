@@ -170,13 +170,16 @@ PostgresJobStore::~PostgresJobStore() {
 // --- the request pool ----------------------------------------------------------------------
 
 std::unique_ptr<PgConnection> PostgresJobStore::take_connection() {
-  {
-    std::lock_guard lock(connections_mutex_);
-    if (!connections_.empty()) {
-      auto connection = std::move(connections_.back());
+  for (;;) {
+    std::unique_ptr<PgConnection> connection;
+    {
+      std::lock_guard lock(connections_mutex_);
+      if (connections_.empty()) break;
+      connection = std::move(connections_.back());
       connections_.pop_back();
-      return connection;
     }
+    // An idle connection the server closed meanwhile (a restart) is dropped, not handed out.
+    if (connection->alive()) return connection;
   }
   return std::make_unique<PgConnection>(options_.url);
 }

@@ -108,14 +108,14 @@ class TestEveryReplicaServesTheWholeApi:
         t0 = time.monotonic()
         r = c.get(f"/v1/jobs/{job['id']}?wait=30", timeout=40)
         assert r.status == 200 and r.body["status"] == "succeeded", (r.status, r.body)
-        assert time.monotonic() - t0 < 1.5 + 3, "?wait= on C did not wake when the job ended elsewhere"
+        assert time.monotonic() - t0 < 1.5 + 0.6, "?wait= on C did not wake when the job ended elsewhere"
         assert r.body["attempts"] == 1 and r.body["result"]["slept_ms"] >= 1500, r.body
 
         for server in trio:  # a synchronous call through each replica, whichever replica runs it
             t0 = time.monotonic()
             r = server.submit("sleep", {"ms": 200}, headers={"Prefer": "wait=60"})
             assert r.status == 200 and r.body["status"] == "succeeded", (r.status, r.body)
-            assert time.monotonic() - t0 < 0.2 + 3, "Prefer: wait did not wake when the job ended"
+            assert time.monotonic() - t0 < 0.2 + 0.6, "Prefer: wait did not wake when the job ended"
 
     def test_work_submitted_to_one_replica_spreads_over_all(self, trio, tmp_path):
         a, b, _ = trio
@@ -557,5 +557,30 @@ def test_result_ttl_deletes_finished_jobs_and_forgets_their_keys(switchyard_bin)
             remade = a.request("POST", "/v1/jobs:batch", items, headers=batch_headers)
             assert remade.status == 202, (remade.status, remade.body)
             assert {j["id"] for j in remade.body["jobs"]}.isdisjoint(j["id"] for j in made.body["jobs"])
+        finally:
+            a.kill()
+
+
+def test_sessions_ended_by_the_database_cost_no_request(switchyard_bin):
+    """The database ends every session (as a restart or a failover does): idle pooled connections
+    are found out when taken, so not one request fails for them."""
+    if pg_helpers.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian package postgresql)")
+    with pg_helpers.TempPostgres() as pg:
+        a = sy.Server(switchyard_bin, ("--store", "postgres", "--database-url", pg.url))
+        try:
+            a.start()
+            for _ in range(3):  # several pooled connections in use and back in the pool
+                threads = [threading.Thread(target=lambda: a.submit_ok("noop", {})) for _ in range(8)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE usename = 'switchyard' AND pid <> pg_backend_pid()")
+                time.sleep(0.2)  # the terminations reach the idle connections
+                statuses = [a.submit("noop", {}, headers={"Prefer": "wait=10"}).status for _ in range(6)]
+                assert statuses == [200] * 6, statuses
+                assert a.get("/v1/jobs?limit=5").status == 200
         finally:
             a.kill()
