@@ -19,7 +19,10 @@ build_pkgs=(
   libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev libsqlite3-dev libpq-dev
 )
 test_pkgs=(curl python3 python3-pytest python3-yaml procps postgresql)
-deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus)
+# The dnsname CNI plugin: containers on a compose network find each other by service name
+# (deploy/compose-postgres.yml: HAProxy -> the replicas -> postgres).
+deploy_pkgs=(podman podman-compose buildah runc crun fuse-overlayfs slirp4netns uidmap debootstrap prometheus
+             golang-github-containernetworking-plugin-dnsname)
 fuzz_pkgs=(clang-14 libclang-rt-14-dev)
 bench_pkgs=(wrk nginx gnuplot-nox python3 procps linux-perf)
 

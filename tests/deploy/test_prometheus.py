@@ -49,6 +49,8 @@ DASHBOARD = os.path.join(DEPLOY, "grafana", "dashboards", "switchyard.json")
 DATASOURCES = os.path.join(DEPLOY, "grafana", "provisioning", "datasources", "prometheus.yml")
 DASH_PROVIDER = os.path.join(DEPLOY, "grafana", "provisioning", "dashboards", "switchyard.yml")
 COMPOSE = os.path.join(DEPLOY, "docker-compose.yml")
+COMPOSE_PG = os.path.join(DEPLOY, "compose-postgres.yml")
+HAPROXY_CFG = os.path.join(DEPLOY, "lb", "haproxy.cfg")
 K8S = os.path.join(DEPLOY, "k8s")
 DOCKERFILE = os.path.join(REPO, "Dockerfile")
 
@@ -565,6 +567,67 @@ def test_deploy_files_parse_and_agree(switchyard_bin):
     missing = [r["alert"] for r in rule_list(load_yaml(RULES))
                if "alert" in r and f"`{r['alert']}`" not in readme]
     assert not missing, f"alerts missing from deploy/README.md: {missing}"
+
+
+def test_compose_postgres_files_agree(switchyard_bin):
+    """deploy/compose-postgres.yml, deploy/lb/haproxy.cfg and the server's options agree (the stack
+    itself runs in test_image.py): three replicas with one configuration on the postgres store,
+    the database URL naming the postgres service with the password it is given, one published
+    port (the load balancer's), HAProxy's servers being the replicas on the image's port with
+    timeouts above the longest wait, and every service hardened."""
+    help_text = run([switchyard_bin, "--help"], timeout=20).stdout
+    known_env = set(re.findall(r"Env:(SWITCHYARD_[A-Z0-9_]+)", help_text))
+    drain_default_ms = int(re.search(r"--drain-grace-ms [^\n]*?=(\d+)", help_text).group(1))
+    max_wait_default_s = float(re.search(r"--max-wait-s [^\n]*?=([\d.]+)", help_text).group(1))
+    with open(DOCKERFILE, encoding="utf-8") as f:
+        image_port = int(re.search(r"SWITCHYARD_LISTEN=[\d.]+:(\d+)", f.read()).group(1))
+
+    services = load_yaml(COMPOSE_PG)["services"]
+    replicas = sorted(name for name in services if name.startswith("switchyard-"))
+    assert replicas == ["switchyard-1", "switchyard-2", "switchyard-3"], sorted(services)
+    first = services[replicas[0]]
+    assert all(services[name] == first for name in replicas), "the replicas must share one configuration"
+    env = first["environment"]
+    assert not set(env) - known_env, f"unknown options: {set(env) - known_env}"
+    assert env["SWITCHYARD_STORE"] == "postgres"
+    url = urllib.parse.urlsplit(env["SWITCHYARD_DATABASE_URL"])
+    pg = services["postgres"]
+    pg_env = pg.get("environment") or {}
+    assert url.scheme == "postgresql" and url.hostname == "postgres" and url.port == 5432, url
+    assert url.username == pg_env.get("POSTGRES_USER", "switchyard")
+    assert url.path == "/" + pg_env.get("POSTGRES_DB", "switchyard")
+    assert url.password == pg_env["POSTGRES_PASSWORD"], "the replicas and the database must get one password"
+    assert first["depends_on"]["postgres"]["condition"] == "service_healthy" and pg["healthcheck"]["test"]
+    drain_ms = int(env.get("SWITCHYARD_DRAIN_GRACE_MS", drain_default_ms))
+    assert duration_s(first["stop_grace_period"]) > drain_ms / 1000 + 2, \
+        "stop_grace_period must exceed the drain grace"
+    assert first["restart"] == "unless-stopped", "a replica exits when the database is not up yet"
+
+    # One published port, the load balancer's; the rest only on the compose network.
+    assert [name for name, svc in services.items() if svc.get("ports")] == ["lb"]
+    (published,) = [str(p) for p in services["lb"]["ports"]]
+    assert published.startswith("${PUBLISH:-8080}:"), published
+    lb_port = int(published.rsplit(":", 1)[1])
+    for name, svc in services.items():
+        build = svc["build"]
+        dockerfile = os.path.join(DEPLOY, build["context"], build.get("dockerfile", "Dockerfile"))
+        assert os.path.isfile(dockerfile), name
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert svc["healthcheck"]["test"], name
+
+    with open(HAPROXY_CFG, encoding="utf-8") as f:
+        cfg = f.read()
+    servers = re.findall(r"^\s*server\s+(\S+)\s+([^\s:]+):(\d+)", cfg, re.M)
+    assert [name for name, _, _ in servers] == replicas and [host for _, host, _ in servers] == replicas
+    assert {int(port) for _, _, port in servers} == {image_port}
+    assert [int(p) for p in re.findall(r"^\s*bind\s+\S*:(\d+)", cfg, re.M)] == [lb_port]
+    max_wait_s = float(env.get("SWITCHYARD_MAX_WAIT_S", max_wait_default_s))
+    for side in ("server", "client"):
+        (value,) = re.findall(rf"^\s*timeout\s+{side}\s+(\S+)", cfg, re.M)
+        assert duration_s(value) > max_wait_s, f"timeout {side} {value} would cut a {max_wait_s} s long-poll"
+    assert re.search(r"^\s*http-check\s+send\s+meth\s+GET\s+uri\s+/readyz\s*$", cfg, re.M)
+    assert re.search(r"^\s*http-check\s+expect\s+status\s+200\s*$", cfg, re.M)
 
 
 def test_promtool_check_config_and_rules(workdir):
