@@ -1,12 +1,15 @@
-"""Process plumbing for bench/scenarios.py: the servers (Switchyard, nginx), the load tools
-(switchyard_loadgen, wrk, switchyard_bare_fork) and a /proc sampler.
+"""Process plumbing for bench/scenarios.py: the servers (Switchyard, nginx, PostgreSQL), the load
+tools (switchyard_loadgen, wrk, switchyard_bare_fork), a /proc sampler and CPU time by process tree.
 
 Every process started here is registered and stopped by ``stop_all()`` (TERM, then KILL), and
-dies with this one (PR_SET_PDEATHSIG) if it is killed outright. Every tool call has a timeout.
-Traffic goes to 127.0.0.1 only.
+dies with this one (PR_SET_PDEATHSIG) if it is killed outright. PostgreSQL is the exception: the
+tests' TempPostgres starts it (through runuser as root), and it is stopped when its ``with``
+block unwinds, which SIGTERM and Ctrl-C do too; only a SIGKILL of this process leaves it running.
+Every tool call has a timeout. Traffic goes to 127.0.0.1 only.
 """
 
 import ctypes
+import importlib.util
 import json
 import os
 import re
@@ -84,17 +87,19 @@ def wait_for(port, path, proc, timeout=15.0):
 
 class Switchyard:
     """The server under test on a free loopback port, diagnostics on; in memory unless ``store``
-    names another (then ``store_flags`` are added and its data lives in a temp dir)."""
+    names another (then ``store_flags`` are added: sqlite keeps its data in a temp dir, postgres
+    needs ``--database-url`` among them)."""
 
     def __init__(self, binary, flags=(), store="memory", store_flags=()):
         self.port = free_port()
         args = [binary, "--listen", f"{HOST}:{self.port}", "--diagnostics", "--log-level", "warn"]
         self.data_dir = None
         if "--store" in subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10).stdout:
-            args += ["--store", store]  # durable stores: scenario 7 only
-            if store != "memory":
+            args += ["--store", store]  # durable stores: scenarios 7 and 8 only
+            if store == "sqlite":
                 self.data_dir = tempfile.mkdtemp(prefix="switchyard-bench-data-")
-                args += ["--data-dir", self.data_dir] + list(store_flags)
+                args += ["--data-dir", self.data_dir]
+            args += list(store_flags)
         self.args = args + list(flags)
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = None
@@ -117,6 +122,71 @@ class Switchyard:
     def stats(self):
         with urllib.request.urlopen(f"http://{HOST}:{self.port}/v1/stats", timeout=5) as resp:
             return json.load(resp)
+
+
+def _pg_helpers():
+    """tests/integration/pg_helpers.py, loaded by path (the bench shares the tests' TempPostgres)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration", "pg_helpers.py")
+    spec = importlib.util.spec_from_file_location("pg_helpers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Postgres:
+    """A throw-away PostgreSQL for ``--store postgres``: the tests' TempPostgres (Debian's package,
+    initdb in a temp dir, 127.0.0.1 only). ``durable=True`` runs it as a real server would, with
+    fsync, synchronous_commit and full_page_writes on; False is the tests' setting (all off)."""
+
+    def __init__(self, durable=True):
+        self.server = _pg_helpers().TempPostgres(durable=durable)
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop()
+
+    @property
+    def url(self):
+        return self.server.url
+
+    @property
+    def pid(self):
+        """The process whose tree holds the postmaster and every backend."""
+        return self.server.proc.pid
+
+    def reset(self):
+        """Empties Switchyard's tables and checkpoints, so that each measurement starts alike.
+        Only while no server uses the database."""
+        self.server.psql("TRUNCATE switchyard_jobs, switchyard_idempotency_keys, switchyard_replicas")
+        self.server.psql("CHECKPOINT")
+
+
+def tree_cpu_s(*roots):
+    """CPU seconds (user + system) used so far by the processes ``roots`` and all their live
+    descendants, children they have reaped included (from /proc/<pid>/stat)."""
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    children = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, [r for r in roots if r in used]
+    while todo:
+        pid = todo.pop()
+        total += used[pid]
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 NGINX_CONF = """\
@@ -187,6 +257,10 @@ def run_json(args, timeout):
     return json.loads(out)
 
 
+def _ports(port):
+    return ",".join(map(str, port)) if isinstance(port, (list, tuple)) else str(port)
+
+
 class Tools:
     """Paths of the bench binaries and the shared bounds of every call."""
 
@@ -196,12 +270,13 @@ class Tools:
         self.bare_fork_bin = os.path.join(build_dir, "bench", "switchyard_bare_fork")
 
     def loadgen(self, port, *args, deadline=120):
-        return run_json([self.loadgen_bin, "--port", str(port), "--deadline", str(deadline), *map(str, args)],
+        """``port``: one port, or a list of them (replicas; the connections go round-robin)."""
+        return run_json([self.loadgen_bin, "--port", _ports(port), "--deadline", str(deadline), *map(str, args)],
                         timeout=deadline + 30)
 
     def loadgen_async(self, port, *args, deadline=120):
         """A loadgen running in the background; finish it with ``collect``."""
-        argv = [self.loadgen_bin, "--port", str(port), "--deadline", str(deadline), *map(str, args)]
+        argv = [self.loadgen_bin, "--port", _ports(port), "--deadline", str(deadline), *map(str, args)]
         return spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), deadline + 30
 
     @staticmethod

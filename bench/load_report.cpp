@@ -55,6 +55,7 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
   for (const auto& [status, n] : tally.statuses) started += n;
   json out = {
       {"mode", plain ? "plain" : "jobs"},
+      {"ports", options.ports},
       {"concurrency", options.concurrency},
       {"threads", options.threads},
       {"elapsed_s", elapsed_s},

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -13,7 +14,7 @@ namespace bench {
 /// What one load generator run does; set from the command line.
 struct LoadOptions {
   std::string host = "127.0.0.1";
-  std::uint16_t port = 8080;
+  std::vector<std::uint16_t> ports;  // connection i goes to ports[i % size]
   int concurrency = 16;
   int threads = 1;
   long count = 1000;

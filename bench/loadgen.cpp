@@ -3,7 +3,8 @@
 // long-poll), reads every job to its terminal state and reports one JSON object on stdout:
 // rates, latency percentiles, final statuses and HTTP codes. A job that does not end
 // `succeeded` is counted by its outcome and makes the exit status 1; it is never dropped.
-// Plain mode hammers one method and path for a raw request rate instead.
+// Plain mode hammers one method and path for a raw request rate instead. With several
+// --port values (replicas of one service) the connections are spread over them round-robin.
 
 #include <algorithm>
 #include <iostream>
@@ -49,10 +50,7 @@ struct Submitted {
 
 /// Everything one io thread's coroutines share; lives until its thread has joined.
 struct Shard {
-  explicit Shard(const Options& options) : endpoint(asio::ip::make_address(options.host), options.port) {}
-
   asio::io_context context{1};
-  asio::ip::tcp::endpoint endpoint;
   std::vector<std::unique_ptr<HttpConnection>> connections;
   Tally tally;
   std::vector<Submitted> to_read;  // --submit-first: filled by phase 1, read by phase 2
@@ -244,7 +242,11 @@ double seconds_between(Clock::time_point from, Clock::time_point to) {
 
 void add_options(CLI::App& app, Options& options) {
   app.add_option("--host", options.host, "server address (loopback only)")->check(CLI::IsMember({"127.0.0.1"}));
-  app.add_option("--port", options.port, "server port")->required();
+  app.add_option("--port", options.ports, "server port; several (--port A,B or --port A --port B): connections "
+                 "spread over them round-robin")
+      ->required()
+      ->delimiter(',')
+      ->check(CLI::Range(1, 65535));
   app.add_option("-c,--concurrency", options.concurrency, "connections, each one request at a time")
       ->check(CLI::Range(1, 20000));
   app.add_option("--threads", options.threads, "io threads (each with its own io_context)")->check(CLI::Range(1, 8));
@@ -283,10 +285,13 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   std::vector<std::unique_ptr<Shard>> shards;
-  for (int i = 0; i < options.threads; ++i) shards.push_back(std::make_unique<Shard>(options));
+  for (int i = 0; i < options.threads; ++i) shards.push_back(std::make_unique<Shard>());
+  const auto address = asio::ip::make_address(options.host);
+  const auto targets = std::ssize(options.ports);
   for (int i = 0; i < options.concurrency; ++i) {
     Shard& shard = *shards[i % options.threads];
-    shard.connections.push_back(std::make_unique<HttpConnection>(shard.context.get_executor(), shard.endpoint));
+    const asio::ip::tcp::endpoint endpoint(address, options.ports[i % targets]);
+    shard.connections.push_back(std::make_unique<HttpConnection>(shard.context.get_executor(), endpoint));
   }
 
   const auto start = Clock::now();

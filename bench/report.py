@@ -1,6 +1,7 @@
 """Writes a benchmark run's results: results.json (every run's figures, the medians, the table),
 results.md (the table: scenario, ours, ceiling, ratio, goal, met?) and the PNG plots
-(gnuplot, bench/plots.gp) of throughput and latency against concurrency, per model."""
+(gnuplot, bench/plots.gp) of throughput and latency against concurrency, per model, and
+(bench/plots_replicas.gp) of the speed-up from 1 to 3 replicas."""
 
 import datetime
 import json
@@ -81,7 +82,25 @@ ROWS = (
      "store_sqlite_normal_noop_jobs_s", "store_memory_noop_jobs_s", "store_sqlite_normal_noop_ratio", "", None),
     ("7 Stores", "POST /v1/jobs noop p99 ms: SQLite, fsync (vs memory store)",
      "store_sqlite_post_p99_ms", "store_memory_post_p99_ms", None, "", None),
-)
+    ("7 Stores", "POST /v1/jobs noop requests/s (wrk): PostgreSQL on loopback, fsync and synchronous_commit on "
+     "(ceiling: memory store)", "store_postgres_post_rps", "store_memory_post_rps", "store_postgres_post_ratio", "", None),
+    ("7 Stores", "noop on thread, jobs/s end to end at 16 connections: PostgreSQL, fsync on (ceiling: memory store)",
+     "store_postgres_noop_jobs_s", "store_memory_noop_jobs_s", "store_postgres_noop_ratio", "", None),
+    ("7 Stores", "POST /v1/jobs noop requests/s: PostgreSQL, fsync and synchronous_commit off (ceiling: memory store)",
+     "store_postgres_nosync_post_rps", "store_memory_post_rps", "store_postgres_nosync_post_ratio", "", None),
+    ("7 Stores", "noop on thread, jobs/s end to end: PostgreSQL, fsync off (ceiling: memory store)",
+     "store_postgres_nosync_noop_jobs_s", "store_memory_noop_jobs_s", "store_postgres_nosync_noop_ratio", "", None),
+    ("7 Stores", "POST /v1/jobs noop p99 ms: PostgreSQL, fsync on (vs memory store)",
+     "store_postgres_post_p99_ms", "store_memory_post_p99_ms", None, "", None),
+) + tuple(
+    ("8 Replicas", f"{what}, {n} replica{'s' if n > 1 else ''} on PostgreSQL"
+     + (f" (ceiling: {n} × 1 replica); ratio = scaling" if n > 1 else ""),
+     f"rep{n}_{key}_jobs_s", f"rep{n}_{key}_ideal_jobs_s" if n > 1 else None,
+     f"rep{n}_{key}_scaling" if n > 1 else None, "", None)
+    for key, what in (("noop", "noop on thread, jobs/s end to end (Prefer: wait, 24 connections round-robin)"),
+                      ("noop_drain", "noop on thread, jobs/s drained (batches of 100, then long-poll; server span)"),
+                      ("burn", "burn 10 ms on process, 1 worker per replica, jobs/s drained (server span)"))
+    for n in (1, 2, 3))
 
 
 def table_rows(median, runs):
@@ -129,13 +148,17 @@ def _fmt_ratio(row):
         return "—"
     if row["ratio_key"] == "mixed_delta_p99_ms":
         return f"{row['ratio']:+.1f} ms"
-    return f"{row['ratio']:.2f}"
+    return _fmt_small_ratio(row["ratio"])
+
+
+def _fmt_small_ratio(value):
+    return f"{value:.2g}" if 0 < abs(value) < 0.01 else f"{value:.2f}"  # 0.0017, not 0.00
 
 
 def _fmt_spread(row, value):
     if row["ratio_key"] == "mixed_delta_p99_ms":
         return f"{value:+.1f} ms"
-    return f"{value:.2f}" if row["ratio_key"] else _fmt(value)
+    return _fmt_small_ratio(value) if row["ratio_key"] else _fmt(value)
 
 
 def machine():
@@ -176,14 +199,68 @@ def write_plots(out_dir, sweep):
                    check=True, timeout=60)
 
 
-def write_markdown(path, info, rows, sweep, problems):
+REPLICA_WORKLOADS = (("noop", "noop end to end"), ("noop_drain", "noop drained"), ("burn", "burn 10 ms drained"))
+
+
+def replica_counts(median):
+    return [n for n in range(1, 10) if median.get(f"rep{n}_noop_jobs_s") is not None]
+
+
+def replica_section(median):
+    """Scenario 8's own tables: jobs/s against the linear ideal, and whose CPU each workload used."""
+    counts = replica_counts(median)
+    if not counts:
+        return []
+    lines = ["", "## Replicas sharing one PostgreSQL (scenario 8)", "",
+             "Jobs/s for each replica count; ideal = linear growth from 1 replica (the same run); the burn",
+             "ceiling of the machine is one 10 ms job per worker and core: min(replicas, cores) × 100 jobs/s.", "",
+             "| replicas | " + " | ".join(f"{what} | ideal" for _, what in REPLICA_WORKLOADS)
+             + " | burn: machine ceiling |", "|---:|" + "---:|---:|" * len(REPLICA_WORKLOADS) + "---:|"]
+    for n in counts:
+        cells = []
+        for key, _ in REPLICA_WORKLOADS:
+            cells += [_fmt(median.get(f"rep{n}_{key}_jobs_s")), _fmt(median.get(f"rep{n}_{key}_ideal_jobs_s"))]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_fmt(median.get(f'rep{n}_burn_machine_jobs_s'))} |")
+    lines += ["", "Cores used while each workload ran (CPU seconds / wall seconds of the process trees: PostgreSQL",
+              "with its backends, the replicas with their worker processes, the load generator), and the",
+              "share of the jobs run by the least and the most busy replica:", "",
+              "| replicas | workload | PostgreSQL | replicas | loadgen | jobs run per replica: min–max share |",
+              "|---:|---|---:|---:|---:|---|"]
+    for n in counts:
+        for key, what in REPLICA_WORKLOADS:
+            m = lambda f: median.get(f"rep{n}_{key}_{f}")  # noqa: E731
+            lines.append(f"| {n} | {what} | {m('cores_pg'):.2f} | {m('cores_replicas'):.2f} | "
+                         f"{m('cores_loadgen'):.2f} | {m('share_min'):.2f}–{m('share_max'):.2f} |")
+    lines += ["", "![speed-up over 1 replica](replicas.png)"]
+    return lines
+
+
+def write_replica_plot(out_dir, median):
+    counts = replica_counts(median)
+    data = os.path.join(out_dir, "replicas.dat")
+    with open(data, "w") as f:
+        f.write("# replicas ideal machine_burn " + " ".join(k for k, _ in REPLICA_WORKLOADS) + " (speed-up over 1)\n")
+        for n in counts:
+            speedups = [median[f"rep{n}_{k}_jobs_s"] / median[f"rep1_{k}_jobs_s"] for k, _ in REPLICA_WORKLOADS]
+            machine = median[f"rep{n}_burn_machine_jobs_s"] / median["rep1_burn_machine_jobs_s"]
+            f.write(f"{n} {n} {machine:.3f} " + " ".join(f"{v:.3f}" for v in speedups) + "\n")
+    subprocess.run(["gnuplot", "-e", f"datafile='{data}'; outdir='{out_dir}'",
+                    os.path.join(BENCH_DIR, "plots_replicas.gp")], check=True, timeout=60)
+
+
+def _store_runs(plan):
+    runs = plan.get("store_runs", plan["runs"])
+    return f" (scenarios 7 and 8: {runs})" if runs != plan["runs"] else ""
+
+
+def write_markdown(path, info, rows, sweep, problems, median):
     m = info["machine"]
     lines = [
         f"# Switchyard benchmark, {info['date']}",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; "
-        f"commit {m['commit']}. Median of {info['plan']['runs']} run(s) of each scenario; ratios against the "
-        f"ceiling measured in the same run. Whole run: {info['elapsed_s']:.0f} s.",
+        f"commit {m['commit']}. Median of {info['plan']['runs']} run(s) of each scenario{_store_runs(info['plan'])}; "
+        f"ratios against the ceiling measured in the same run. Whole run: {info['elapsed_s']:.0f} s.",
         "",
         "Ours and ceiling are each the median over the runs; the ratio is the median of the ratios",
         "taken in each run, so it need not equal ours / ceiling of its row. The last column is the",
@@ -207,6 +284,7 @@ def write_markdown(path, info, rows, sweep, problems):
             lines.append(f"| {model} | {c} | {_fmt(rate)} | {p50:.3f} | {p99:.3f} |")
         lines += ["", "![jobs/s against concurrency](throughput.png)", "",
                   "![latency against concurrency](latency.png)"]
+    lines += replica_section(median)
     lines += ["", "## Problems", ""]
     lines += [f"- {p}" for p in problems] or ["None: every job of every run ended `succeeded`."]
     with open(path, "w") as f:
@@ -224,9 +302,11 @@ def write(out_dir, *, plan, runs, median, sweeps, problems, elapsed_s, info=None
                    "sweeps": sweeps,
                    "sweep": [{"model": k[0], "concurrency": k[1], "jobs_per_s": v[0], "p50_ms": v[1], "p99_ms": v[2]}
                              for k, v in sweep.items()]}, f, indent=1)
-    write_markdown(os.path.join(out_dir, "results.md"), {**info, "runs": runs}, rows, sweep, problems)
+    write_markdown(os.path.join(out_dir, "results.md"), {**info, "runs": runs}, rows, sweep, problems, median)
     if sweep:
         write_plots(out_dir, sweep)
+    if replica_counts(median):
+        write_replica_plot(out_dir, median)
 
 
 def rerender(out_dir):

@@ -7,7 +7,7 @@
 # Usage: bench/run.sh [--quick] [--runs N] [--out DIR] [--only 1,2,...]
 #   --quick   one short run of each scenario (about 1 minute on 2 cores), written to
 #             bench/results/<date>-quick/; the full run (5 runs, medians) takes about 10 minutes.
-#   --only    the scenarios with these numbers (1-7) only
+#   --only    the scenarios with these numbers (1-8) only
 # Needs the packages of `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3).
 # Only 127.0.0.1 is ever a target. Every process started is stopped on exit, error or Ctrl-C.
 set -euo pipefail

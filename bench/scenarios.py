@@ -2,13 +2,15 @@
 """The benchmark scenarios of issue 4, each measured against its ceiling in the same run.
 
 Called by bench/run.sh (which builds the binaries first). Each scenario is a function that runs
-once and returns a flat dict of figures; main() runs every scenario --runs times, takes the
+once and returns a flat dict of figures; main() runs every scenario --runs times (scenarios 7
+and 8, which start databases and several servers, Plan.store_runs times), takes the
 median of each figure (ratios are taken per run, against the ceiling of that same run, then the
 median), and hands everything to report.py. A load tool that reports a job not `succeeded`
 is recorded under "problems" and shown in results.md, never dropped.
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import harness
 import report
-from harness import Nginx, ProcSampler, Switchyard, wrk
+from harness import Nginx, Postgres, ProcSampler, Switchyard, tree_cpu_s, wrk
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 # A busy machine: big queues so that admission never refuses a benchmark's jobs.
@@ -30,6 +32,7 @@ SERVER_FLAGS = ("--queue-limit", "1000000", "--retain-jobs", "20000", "--max-con
 class Plan:
     """How long and how often; --quick shrinks durations and counts, never the scenarios."""
     runs: int = 5
+    store_runs: int = 3  # scenarios 7 and 8: about 40 s a run each, so each stays near 2 minutes
     wrk_s: int = 5
     wrk_connections: int = 32
     sweep: tuple = (1, 4, 16, 64, 256)
@@ -41,11 +44,16 @@ class Plan:
     io_sleep_ms: int = 1000
     mixed_s: float = 4.0
     compare_s: float = 3.0
+    replica_counts: tuple = (1, 2, 3)
+    replica_connections: int = 24  # in all, spread over the replicas: the same offered load for each count
+    replica_s: float = 2.0
+    replica_noop_jobs: int = 8000
+    replica_burn_jobs: int = 200
 
     @classmethod
     def quick(cls):
-        return cls(runs=1, wrk_s=2, sweep=(1, 4, 16, 64), sweep_jobs=10000, sweep_s=1.0, cpu_batches=((100, 10), (1000, 1)),
-                   mixed_s=2.0, compare_s=1.5)
+        return cls(runs=1, store_runs=1, wrk_s=2, sweep=(1, 4, 16, 64), sweep_jobs=10000, sweep_s=1.0, cpu_batches=((100, 10), (1000, 1)),
+                   mixed_s=2.0, compare_s=1.5, replica_s=1.0, replica_noop_jobs=2000, replica_burn_jobs=100)
 
 
 class Context:
@@ -223,18 +231,24 @@ def scenario_models(ctx):
     return figures
 
 
-STORES = (("memory", "memory", ()),
-          ("sqlite", "sqlite", ("--sqlite-sync", "full")),
-          ("sqlite_normal", "sqlite", ("--sqlite-sync", "normal")))
+# (name, store, flags, PostgreSQL durability: None without a database, else fsync & co. on or off)
+STORES = (("memory", "memory", (), None),
+          ("sqlite", "sqlite", ("--sqlite-sync", "full"), None),
+          ("sqlite_normal", "sqlite", ("--sqlite-sync", "normal"), None),
+          ("postgres", "postgres", (), True),
+          ("postgres_nosync", "postgres", (), False))
 
 
 def scenario_stores(ctx):
-    """7. The durable store (issue 6): submissions and noop jobs end to end, SQLite against memory."""
+    """7. The durable stores (issue 6): submissions and noop jobs end to end, SQLite and PostgreSQL against memory."""
     p = ctx.plan
     post_lua = os.path.join(BENCH_DIR, "post_noop.lua")
     figures = {}
-    for name, store, flags in STORES:
-        with Switchyard(ctx.tools.switchyard, SERVER_FLAGS, store=store, store_flags=flags) as sy:
+    for name, store, flags, durable in STORES:
+        with contextlib.ExitStack() as stack:
+            if durable is not None:  # a fresh PostgreSQL on loopback for this store alone
+                flags = flags + ("--database-url", stack.enter_context(Postgres(durable=durable)).url)
+            sy = stack.enter_context(Switchyard(ctx.tools.switchyard, SERVER_FLAGS, store=store, store_flags=flags))
             # End to end first: wrk's submissions below leave a backlog of queued jobs behind.
             r = ctx.check(f"noop thread store {name}", ctx.tools.loadgen(
                 sy.port, "--type", "noop", "--model", "thread", "-c", 16, "-n", p.sweep_jobs,
@@ -247,14 +261,82 @@ def scenario_stores(ctx):
         figures[f"store_{name}_post_p99_ms"] = posted["p99"]
         figures[f"store_{name}_noop_jobs_s"] = r["jobs"]["per_s"]
         figures[f"store_{name}_noop_p99_ms"] = e2e(r)
-    for name in ("sqlite", "sqlite_normal"):
+    for name, *_ in STORES[1:]:
         figures[f"store_{name}_post_ratio"] = figures[f"store_{name}_post_rps"] / figures["store_memory_post_rps"]
         figures[f"store_{name}_noop_ratio"] = figures[f"store_{name}_noop_jobs_s"] / figures["store_memory_noop_jobs_s"]
     return figures
 
 
+# Each replica has one worker process, so that a replica count is also a count of CPU workers.
+REPLICA_FLAGS = SERVER_FLAGS + ("--process-workers", "1")
+BURN_MS = 10
+
+
+def replica_workloads(p):
+    """(name, model, loadgen arguments, whether the rate is the server's drain rate) of scenario 8."""
+    return (
+        # Each connection one job at a time with Prefer: wait: jobs/s as a client sees them.
+        ("noop", "thread", ("--type", "noop", "--model", "thread", "-c", p.replica_connections,
+                            "-n", p.sweep_jobs, "-d", p.replica_s, "--prefer-wait", 10), False),
+        # Batches of 100 submitted first, then every job long-polled: jobs / (first created_at to
+        # last finished_at), what the replicas drain from the shared queue.
+        ("noop_drain", "thread", ("--type", "noop", "--model", "thread", "--batch", 100, "--submit-first",
+                                  "-c", 6, "-n", p.replica_noop_jobs, "--poll-wait", 10), True),
+        ("burn", "process", ("--type", "burn", "--input", f'{{"ms":{BURN_MS}}}', "--model", "process",
+                             "--batch", 100, "--submit-first", "-c", 6, "-n", p.replica_burn_jobs,
+                             "--poll-wait", 30), True),
+    )
+
+
+def measure_replicas(ctx, pg, replicas, key):
+    """Scenario 8's workloads on these replicas: jobs/s, where the jobs ran, and whose CPU was used."""
+    figures = {}
+    ports = [r.port for r in replicas]
+    for name, model, args, drain in replica_workloads(ctx.plan):
+        ran_before = [r.stats()["models"][model]["succeeded"] for r in replicas]
+        cpu_before = (tree_cpu_s(pg.pid), tree_cpu_s(*(r.pid for r in replicas)))
+        started = time.monotonic()
+        out = ctx.check(f"{name} on {len(replicas)} replica(s)", ctx.tools.loadgen(ports, *args))
+        wall_s = time.monotonic() - started
+        cpu_after = (tree_cpu_s(pg.pid), tree_cpu_s(*(r.pid for r in replicas)))
+        ran = [s.stats()["models"][model]["succeeded"] - b for s, b in zip(replicas, ran_before)]
+        span = out["server_span_s"]
+        figures[f"{key}_{name}_jobs_s"] = out["jobs"]["terminal"] / span if drain and span else out["jobs"]["per_s"]
+        figures[f"{key}_{name}_p50_ms"] = e2e(out, "p50")
+        figures[f"{key}_{name}_cores_pg"] = (cpu_after[0] - cpu_before[0]) / wall_s
+        figures[f"{key}_{name}_cores_replicas"] = (cpu_after[1] - cpu_before[1]) / wall_s
+        figures[f"{key}_{name}_cores_loadgen"] = out["client_cpu_s"] / wall_s
+        figures[f"{key}_{name}_share_min"] = min(ran) / max(sum(ran), 1)
+        figures[f"{key}_{name}_share_max"] = max(ran) / max(sum(ran), 1)
+    return figures
+
+
+def scenario_replicas(ctx):
+    """8. Replicas sharing one PostgreSQL (issue 6): noop and burn jobs/s on 1, 2 and 3 replicas."""
+    figures = {}
+    with Postgres(durable=True) as pg:
+        for n in ctx.plan.replica_counts:
+            with contextlib.ExitStack() as stack:
+                # One at a time: each applies the schema migrations at start-up.
+                replicas = [stack.enter_context(Switchyard(ctx.tools.switchyard, REPLICA_FLAGS, store="postgres",
+                                                           store_flags=("--database-url", pg.url)))
+                            for _ in range(n)]
+                figures.update(measure_replicas(ctx, pg, replicas, f"rep{n}"))
+            pg.reset()  # the next count starts from empty tables, as this one did
+    first = ctx.plan.replica_counts[0]
+    for n in ctx.plan.replica_counts[1:]:
+        for name, *_ in replica_workloads(ctx.plan):
+            ideal = figures[f"rep{first}_{name}_jobs_s"] * n / first  # linear growth
+            figures[f"rep{n}_{name}_ideal_jobs_s"] = ideal
+            figures[f"rep{n}_{name}_scaling"] = figures[f"rep{n}_{name}_jobs_s"] / ideal
+    for n in ctx.plan.replica_counts:  # what the machine can burn: one worker per replica, at most one per core
+        figures[f"rep{n}_burn_machine_jobs_s"] = min(n, ctx.cores) * 1000 / BURN_MS
+    return figures
+
+
 SCENARIOS = (scenario_http, scenario_dispatch, scenario_cpu, scenario_io, scenario_mixed, scenario_models,
-             scenario_stores)
+             scenario_stores, scenario_replicas)
+STORE_SCENARIOS = (scenario_stores, scenario_replicas)  # run Plan.store_runs times
 
 
 def median_figures(runs):
@@ -271,15 +353,15 @@ def main():
     parser.add_argument("--build-dir", required=True)
     parser.add_argument("--out", required=True, help="results directory")
     parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
-    parser.add_argument("--runs", type=int, help="runs of each scenario (median taken)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (1-7) to run; default all")
+    parser.add_argument("--runs", type=int, help="runs of each scenario, 7 and 8 included (median taken)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (1-8) to run; default all")
     args = parser.parse_args()
     # SIGTERM (run.sh's cleanup) unwinds like Ctrl-C, so the finally below stops every server:
     # nginx's workers would outlive a master that died without telling them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = Plan.quick() if args.quick else Plan()
     if args.runs:
-        plan.runs = args.runs
+        plan.runs = plan.store_runs = args.runs
     ctx = Context(harness.Tools(args.build_dir), plan)
     chosen = SCENARIOS
     if args.only:
@@ -288,10 +370,13 @@ def main():
     started = time.monotonic()
     runs, sweeps = [], []
     try:
-        for i in range(plan.runs):
+        for i in range(max(plan.store_runs if s in STORE_SCENARIOS else plan.runs for s in chosen)):
             figures = {"load_average_1m": os.getloadavg()[0]}  # how busy the shared machine was
             for scenario in chosen:
-                print(f"run {i + 1}/{plan.runs}: {scenario.__doc__.splitlines()[0]}", flush=True)
+                times = plan.store_runs if scenario in STORE_SCENARIOS else plan.runs
+                if i >= times:
+                    continue
+                print(f"run {i + 1}/{times}: {scenario.__doc__.splitlines()[0]}", flush=True)
                 figures.update(scenario(ctx))
             runs.append(figures)
             sweeps.append(ctx.sweep_rows)

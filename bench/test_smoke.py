@@ -78,6 +78,18 @@ def test_plain_mode(server):
     assert report["latency_ms"]["request"]["count"] == 300, report
 
 
+def test_several_ports_share_the_connections(server):
+    # Two servers (replicas stand-ins): 4 connections go 2 and 2, each job read where it was sent.
+    with harness.Switchyard(TOOLS.switchyard, ("--retain-jobs", "10000")) as other:
+        before = [s.stats()["models"]["thread"]["submitted"] for s in (server, other)]
+        report = TOOLS.loadgen([server.port, other.port], "--type", "noop", "--model", "thread", "-n", 200,
+                               "-c", 4, "--prefer-wait", 10, deadline=60)
+        got = [s.stats()["models"]["thread"]["submitted"] - b for s, b in zip((server, other), before)]
+    assert_all_succeeded(report, 200)
+    assert report["ports"] == [server.port, other.port], report
+    assert sum(got) == 200 and min(got) > 0, got
+
+
 @pytest.mark.parametrize("mode", ["static", "pipe"])
 def test_bare_fork_burns_what_it_is_asked(mode):
     report = TOOLS.bare_fork("--procs", 2, "--jobs", 20, "--ms", 5, "--mode", mode)

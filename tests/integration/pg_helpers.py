@@ -27,9 +27,12 @@ def _free_port():
 
 
 class TempPostgres:
-    """``with TempPostgres() as pg: pg.url`` — a throw-away server with a `switchyard` superuser."""
+    """``with TempPostgres() as pg: pg.url`` — a throw-away server with a `switchyard` superuser.
 
-    def __init__(self):
+    ``durable=True`` keeps PostgreSQL's own durability settings (fsync, synchronous_commit and
+    full_page_writes on, as a real server runs), for benchmarks; tests leave them off."""
+
+    def __init__(self, durable=False):
         self.bin = pg_bin_dir()
         if self.bin is None:
             raise RuntimeError("PostgreSQL server binaries not found (Debian package postgresql)")
@@ -37,6 +40,7 @@ class TempPostgres:
         self.proc = None
         self.port = None
         self.log_path = None
+        self.durable = durable
 
     def _as_owner(self, argv):
         if os.geteuid() == 0:
@@ -55,11 +59,12 @@ class TempPostgres:
         self.port = _free_port()
         self.log_path = os.path.join(self.root, "server.log")
         log = open(self.log_path, "wb")
-        # Durability settings off: a throw-away test server, never a target for real data.
+        # Durability settings off unless asked: a throw-away test server, never a target for real data.
+        durability = "on" if self.durable else "off"
         self.proc = subprocess.Popen(
             self._as_owner([os.path.join(self.bin, "postgres"), "-D", data, "-p", str(self.port),
-                            "-k", self.root, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                            "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                            "-k", self.root, "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={durability}",
+                            "-c", f"synchronous_commit={durability}", "-c", f"full_page_writes={durability}",
                             "-c", "max_connections=200"]),
             stdout=log, stderr=subprocess.STDOUT)
         log.close()
