@@ -85,6 +85,12 @@ class JobService {
   /// Waits until the job is terminal or `max_wait` passed, then returns it (nullopt if unknown).
   virtual boost::asio::awaitable<std::optional<Job>> wait(std::string id, std::chrono::milliseconds max_wait) = 0;
 
+  /// As wait, for `job` as this service has just accepted it: a service that would read it back
+  /// first may start from it instead.
+  virtual boost::asio::awaitable<std::optional<Job>> wait_submitted(Job job, std::chrono::milliseconds max_wait) {
+    return wait(job.id, max_wait);
+  }
+
   /// One page of jobs, newest first.
   virtual boost::asio::awaitable<ListPage> list(ListQuery query) = 0;
 

@@ -311,7 +311,7 @@ boost::asio::awaitable<Response> Router::post_job(const Request& request) {
   if (auto prefer = request.header("Prefer")) {
     if (auto wait = parse_prefer_wait(*prefer, options_.limits)) {
       if (!is_terminal(job.status)) {
-        if (auto waited = co_await service_.wait(job.id, *wait)) job = std::move(*waited);
+        if (auto waited = co_await service_.wait_submitted(job, *wait)) job = std::move(*waited);
       }
       co_return accepted_or_done(job, replay, *wait);
     }

@@ -374,6 +374,11 @@ asio::awaitable<std::optional<api::Job>> Dispatcher::get(std::string id) {
   co_return job ? std::optional<api::Job>(*job) : std::nullopt;
 }
 
+asio::awaitable<std::optional<api::Job>> Dispatcher::wait_submitted(api::Job job, std::chrono::milliseconds max_wait) {
+  if (shared_ != nullptr) co_return co_await wait_shared(job.id, max_wait, job);
+  co_return co_await wait(std::move(job.id), max_wait);
+}
+
 asio::awaitable<std::optional<api::Job>> Dispatcher::wait(std::string id, std::chrono::milliseconds max_wait) {
   if (shared_ != nullptr) co_return co_await wait_shared(std::move(id), max_wait);
   auto executor = co_await asio::this_coro::executor;
@@ -636,11 +641,12 @@ asio::awaitable<api::SubmitResult> Dispatcher::submit_shared(std::vector<api::Jo
   co_return result;
 }
 
-asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id, std::chrono::milliseconds max_wait) {
+asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id, std::chrono::milliseconds max_wait,
+                                                                 std::optional<api::Job> known) {
   auto executor = co_await asio::this_coro::executor;
   auto waiter = std::make_shared<Waiter>(executor, 1);
   {
-    // Registered before the first read: a job that ends in between still wakes it.
+    // Registered before the first look: a job that ends in between still wakes it.
     std::lock_guard lock(mutex_);
     waiters_[id].push_back(waiter);
   }
@@ -658,13 +664,21 @@ asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id,
   } unregister{this, id, waiter};
   const auto deadline = SteadyClock::now() + max_wait;
   asio::steady_timer timer(executor);
-  for (;;) {
-    std::optional<api::Job> job = co_await shared_->get(id);
+  for (bool first = true;; first = false) {
+    // The job as this replica committed its end, or as just submitted if no end was notified
+    // since; else read (it ended elsewhere, or a notice may have been missed).
+    std::optional<api::Job> job;
     bool draining = false;
     {
       std::lock_guard lock(mutex_);
       draining = draining_;
+      if (auto note = finished_.find(id); note != finished_.end()) {
+        job = note->second;
+      } else if (first && known) {
+        job = std::move(known);
+      }
     }
+    if (!job) job = co_await shared_->get(id);
     // At shutdown a long-poll answers with the job as it stands (another replica may run it).
     if (!job || api::is_terminal(job->status) || SteadyClock::now() >= deadline || draining) co_return job;
     // A NOTIFY wakes it when the job ends; the timer re-reads in case one was missed.
@@ -672,6 +686,19 @@ asio::awaitable<std::optional<api::Job>> Dispatcher::wait_shared(std::string id,
     co_await (waiter->async_receive(asio::as_tuple(asio::use_awaitable)) ||
               timer.async_wait(asio::as_tuple(asio::use_awaitable)));
   }
+}
+
+void Dispatcher::note_finished_locked(const SharedQueue::Notice& notice) {
+  const auto now = SteadyClock::now();
+  while (!finished_order_.empty() &&
+         (now - finished_order_.front().first > std::chrono::seconds(2) || finished_order_.size() > 100000)) {
+    finished_.erase(finished_order_.front().second);
+    finished_order_.pop_front();
+  }
+  auto [note, added] = finished_.try_emplace(notice.id);
+  if (added) finished_order_.emplace_back(now, notice.id);
+  // The job only for a waiter here: it may be large, and nobody else reads it from here.
+  if (notice.job && waiters_.contains(notice.id)) note->second = notice.job;
 }
 
 asio::awaitable<api::CancelResult> Dispatcher::cancel_shared(std::string id) {
@@ -740,6 +767,7 @@ void Dispatcher::on_notice(const SharedQueue::Notice& notice) {
   switch (notice.kind) {
     case NoticeKind::finished: {
       std::lock_guard lock(mutex_);
+      note_finished_locked(notice);
       if (auto it = waiters_.find(notice.id); it != waiters_.end()) {
         for (auto& waiter : it->second) waiter->try_send(boost::system::error_code{});
       }

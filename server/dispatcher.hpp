@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -48,6 +49,8 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
                                                    const std::string& fingerprint) override;
   boost::asio::awaitable<std::optional<api::Job>> get(std::string id) override;
   boost::asio::awaitable<std::optional<api::Job>> wait(std::string id, std::chrono::milliseconds max_wait) override;
+  boost::asio::awaitable<std::optional<api::Job>> wait_submitted(api::Job job,
+                                                                 std::chrono::milliseconds max_wait) override;
   boost::asio::awaitable<api::ListPage> list(api::ListQuery query) override;
   boost::asio::awaitable<api::CancelResult> cancel(std::string id) override;
   [[nodiscard]] nlohmann::json stats() const override;
@@ -103,7 +106,12 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   boost::asio::awaitable<api::SubmitResult> submit_shared(std::vector<api::JobRequest> requests,
                                                           const std::optional<std::string>& idempotency_key,
                                                           const std::string& fingerprint);
-  boost::asio::awaitable<std::optional<api::Job>> wait_shared(std::string id, std::chrono::milliseconds max_wait);
+  /// `known`: the job as just submitted, so that the first read is not needed.
+  boost::asio::awaitable<std::optional<api::Job>> wait_shared(std::string id, std::chrono::milliseconds max_wait,
+                                                              std::optional<api::Job> known = std::nullopt);
+  /// Records a finished notice (mutex held), with the job if this replica committed it and
+  /// someone waits for it here; entries are dropped after 2 s.
+  void note_finished_locked(const SharedQueue::Notice& notice);
   boost::asio::awaitable<api::CancelResult> cancel_shared(std::string id);
   /// Claims queued jobs while this replica has room for them, until drained; wakes on notices.
   boost::asio::awaitable<void> claim_loop();
@@ -153,6 +161,10 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
   };
   std::unordered_map<std::string, Active> active_;  // queued or running jobs
   std::unordered_map<std::string, std::vector<std::shared_ptr<Waiter>>> waiters_;
+  // shared store: jobs whose end was notified in the last 2 s, with the job itself when this
+  // replica committed it for a waiter here (no read needed), oldest first in finished_order_
+  std::unordered_map<std::string, std::optional<api::Job>> finished_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, std::string>> finished_order_;
   bool draining_ = false;
   std::uint64_t left_for_restart_ = 0;  // durable stores: jobs kept unfinished at shutdown
 

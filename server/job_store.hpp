@@ -104,6 +104,8 @@ class SharedQueue {
     } kind = Kind::queued;
     std::string id;
     api::Model model = api::Model::thread;
+    /// finished: the job as this replica committed it, when it ran here (no read needed)
+    std::optional<api::Job> job;
   };
 
   /// Records the jobs (queued) and the key in one transaction: all or none.

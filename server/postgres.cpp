@@ -4,9 +4,9 @@
 
 #include <poll.h>
 
+#include <libpq-fe.h>
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
-#include <libpq-fe.h>
 
 #include "server/log.hpp"
 
@@ -92,9 +92,13 @@ PgResult checked(pg_conn* conn, pg_result* result, const std::string& what) {
 
 PgResult::PgResult(pg_result* result) : result_(result, PQclear) {}
 
-int PgResult::rows() const { return PQntuples(result_.get()); }
+int PgResult::rows() const {
+  return PQntuples(result_.get());
+}
 
-bool PgResult::is_null(int row, int column) const { return PQgetisnull(result_.get(), row, column) != 0; }
+bool PgResult::is_null(int row, int column) const {
+  return PQgetisnull(result_.get(), row, column) != 0;
+}
 
 std::string PgResult::text(int row, int column) const {
   return {PQgetvalue(result_.get(), row, column), static_cast<std::size_t>(PQgetlength(result_.get(), row, column))};
@@ -123,19 +127,34 @@ PgConnection::~PgConnection() {
   if (conn_ != nullptr) PQfinish(conn_);
 }
 
-void PgConnection::exec(const std::string& sql) { checked(conn_, PQexec(conn_, sql.c_str()), "PostgreSQL"); }
+void PgConnection::exec(const std::string& sql) {
+  checked(conn_, PQexec(conn_, sql.c_str()), "PostgreSQL");
+}
 
 PgResult PgConnection::query(const std::string& sql, const std::vector<std::optional<std::string>>& params) {
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const auto& p : params) values.push_back(p ? p->c_str() : nullptr);
-  return checked(conn_,
-                 PQexecParams(conn_, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                              nullptr, 0),
+  const int count = static_cast<int>(values.size());
+  auto named = prepared_.find(sql);
+  if (named == prepared_.end() && prepared_.size() < kMaxPrepared) {
+    // A protocol-level prepared statement outlives a transaction that rolls back; one that
+    // failed to prepare is not remembered.
+    std::string name = "switchyard_" + std::to_string(prepared_.size());
+    checked(conn_, PQprepare(conn_, name.c_str(), sql.c_str(), count, nullptr), "PostgreSQL");
+    named = prepared_.emplace(sql, std::move(name)).first;
+  }
+  if (named == prepared_.end()) {
+    return checked(conn_, PQexecParams(conn_, sql.c_str(), count, nullptr, values.data(), nullptr, nullptr, 0),
+                   "PostgreSQL");
+  }
+  return checked(conn_, PQexecPrepared(conn_, named->second.c_str(), count, values.data(), nullptr, nullptr, 0),
                  "PostgreSQL");
 }
 
-bool PgConnection::ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+bool PgConnection::ok() const {
+  return PQstatus(conn_) == CONNECTION_OK;
+}
 
 bool PgConnection::alive() {
   if (!ok()) return false;
@@ -157,7 +176,9 @@ std::string redact_database_url(const std::string& url) {
   return std::string(copy.buffer());
 }
 
-int postgres_schema_version() { return static_cast<int>(std::size(kMigrations)); }
+int postgres_schema_version() {
+  return static_cast<int>(std::size(kMigrations));
+}
 
 int migrate_postgres(PgConnection& connection) {
   int applied = 0;
@@ -168,8 +189,9 @@ int migrate_postgres(PgConnection& connection) {
     try {
       connection.query(std::string("SELECT pg_advisory_xact_lock(") + kMigrationLock + ")");
       // Under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog.
-      connection.exec("CREATE TABLE IF NOT EXISTS switchyard_schema_migrations ("
-                      " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
+      connection.exec(
+          "CREATE TABLE IF NOT EXISTS switchyard_schema_migrations ("
+          " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
       const auto current = connection.query("SELECT coalesce(max(version), 0) FROM switchyard_schema_migrations");
       const int version = std::stoi(current.text(0, 0));
       if (version > postgres_schema_version()) {

@@ -4,6 +4,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 struct pg_conn;
@@ -47,6 +48,9 @@ class PgConnection {
   /// Runs one or more statements without parameters; throws PgError.
   void exec(const std::string& sql);
   /// Runs one statement with text parameters ($1, $2, ...; nullopt is NULL); throws PgError.
+  /// The statement is prepared on this connection the first time its text is seen, so that the
+  /// server parses and plans it once, not on every call (up to kMaxPrepared texts; the rest
+  /// run unprepared).
   PgResult query(const std::string& sql, const std::vector<std::optional<std::string>>& params = {});
   /// False once the connection is known to be broken.
   [[nodiscard]] bool ok() const;
@@ -57,7 +61,10 @@ class PgConnection {
   [[nodiscard]] pg_conn* native() const { return conn_; }
 
  private:
+  static constexpr std::size_t kMaxPrepared = 64;
+
   pg_conn* conn_ = nullptr;
+  std::unordered_map<std::string, std::string> prepared_;  // statement text -> its name here
 };
 
 /// The database URL without its password, for logs and messages.

@@ -4,6 +4,8 @@
 #include <unistd.h>
 #include <algorithm>
 #include <random>
+#include <string_view>
+#include <unordered_set>
 
 #include <libpq-fe.h>
 #include <boost/asio/co_spawn.hpp>
@@ -125,6 +127,16 @@ constexpr const char* kNotifyRows =
     "SELECT u.id::text, u.status, pg_notify(CASE WHEN u.status = 'queued' THEN 'switchyard_queued' "
     "ELSE 'switchyard_finished' END, CASE WHEN u.status = 'queued' THEN u.model ELSE u.id::text END) FROM u";
 
+/// The jobs, and a NOTIFY per model that wakes the claimers: one statement, so that a
+/// request without a key is one round trip (its own transaction).
+constexpr const char* kInsertJobs =
+    "WITH inserted AS (INSERT INTO switchyard_jobs (id, type, model, status, priority, timeout_ms, attempts, "
+    "max_attempts, input, created_at) SELECT (r->>'id')::uuid, r->>'type', r->>'model', 'queued', "
+    "(r->>'priority')::integer, (r->>'timeout_ms')::bigint, 0, (r->>'max_attempts')::integer, r->'input', "
+    "timestamptz 'epoch' + (r->>'created_us')::bigint * interval '1 microsecond' "
+    "FROM jsonb_array_elements($1::jsonb) AS r RETURNING model) "
+    "SELECT pg_notify('switchyard_queued', m.model) FROM (SELECT DISTINCT model FROM inserted) m";
+
 }  // namespace
 
 std::string make_replica_id() {
@@ -211,7 +223,6 @@ asio::awaitable<SharedQueue::Submitted> PostgresJobStore::submit(std::vector<api
                                                                  std::string fingerprint) {
   nlohmann::json rows = nlohmann::json::array();
   std::vector<std::string> ids;
-  bool models[2] = {false, false};
   for (const auto& job : jobs) {
     rows.push_back({{"id", job.id},
                     {"type", job.type},
@@ -222,10 +233,14 @@ asio::awaitable<SharedQueue::Submitted> PostgresJobStore::submit(std::vector<api
                     {"input", job.input},
                     {"created_us", *micros_of(job.created_at)}});
     ids.push_back(job.id);
-    models[job.model == api::Model::thread ? 0 : 1] = true;
   }
   auto outcome = co_await on_pool<Submitted>([&](PgConnection& db) {
     Submitted submitted;
+    if (!key) {
+      db.query(kInsertJobs, {rows.dump()});
+      submitted.kind = Submitted::Kind::accepted;
+      return submitted;
+    }
     db.exec("BEGIN");
     // A key is remembered while all of its jobs are: one whose jobs were (partly) deleted by
     // the result TTL is forgotten, and this request is new. Bounded, for keys that keep moving.
@@ -260,19 +275,7 @@ asio::awaitable<SharedQueue::Submitted> PostgresJobStore::submit(std::vector<api
       }
       db.query("DELETE FROM switchyard_idempotency_keys WHERE key = $1", {*key});
     }
-    db.query(
-        "INSERT INTO switchyard_jobs (id, type, model, status, priority, timeout_ms, attempts, max_attempts, input, "
-        "created_at) SELECT (r->>'id')::uuid, r->>'type', r->>'model', 'queued', (r->>'priority')::integer, "
-        "(r->>'timeout_ms')::bigint, 0, (r->>'max_attempts')::integer, r->'input', "
-        "timestamptz 'epoch' + (r->>'created_us')::bigint * interval '1 microsecond' "
-        "FROM jsonb_array_elements($1::jsonb) AS r",
-        {rows.dump()});
-    for (int i = 0; i < 2; ++i) {
-      if (models[i]) {
-        db.query("SELECT pg_notify('switchyard_queued', $1)",
-                 {std::string(api::to_string(i == 0 ? api::Model::thread : api::Model::process))});
-      }
-    }
+    db.query(kInsertJobs, {rows.dump()});
     db.exec("COMMIT");
     submitted.kind = Submitted::Kind::accepted;
     return submitted;
@@ -437,13 +440,15 @@ void PostgresJobStore::writer_loop() {
       observer = observer_;
     }
     bool ok = batch.empty();
+    std::vector<api::Job> ended;
     // Jobs under this replica's lease: keep trying until written (once the lease expired the
     // writes are refused by their condition anyway), unless the server is stopping.
     for (int attempt = 0; !ok; ++attempt) {
       const auto began = std::chrono::steady_clock::now();
       try {
         if (!connection || !connection->ok()) connection = std::make_unique<PgConnection>(options_.url);
-        ok = commit(*connection, batch);
+        ended.clear();
+        ok = commit(*connection, batch, ended);
       } catch (const PgError& e) {
         connection.reset();
         log::event(spdlog::level::err, "job store write failed",
@@ -468,16 +473,37 @@ void PostgresJobStore::writer_loop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
     for (auto& done : waiting) done(ok);
+    // Their waiters here need not wait for the NOTIFY and read the job back.
+    for (auto& job : ended) deliver(Notice{Notice::Kind::finished, job.id, job.model, std::move(job)});
   }
 }
 
-bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch) {
-  db.exec("BEGIN");
+bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch, std::vector<api::Job>& ended) {
+  // A PutJob carries the whole job: one followed by a later PutJob of the same job in this
+  // batch (its start, then its end) is not written. A Release in between keeps it.
+  std::vector<bool> replaced(batch.size(), false);
+  std::unordered_set<std::string_view> later;
+  for (std::size_t i = batch.size(); i-- > 0;) {
+    if (const auto* put = std::get_if<PutJob>(&batch[i]))
+      replaced[i] = !later.insert(put->job.id).second;
+    else
+      later.erase(std::get<Release>(batch[i]).id);
+  }
+  // A batch of starts only need not wait for its flush: the claim made each start durable, and
+  // what a start adds (worker pid, start time) the job's end rewrites. The end's synchronous
+  // commit flushes it too (the log is written in order).
+  const bool starts_only = std::all_of(batch.begin(), batch.end(), [](const Change& change) {
+    const auto* put = std::get_if<PutJob>(&change);
+    return put != nullptr && put->job.status == JobStatus::running;
+  });
+  db.exec(starts_only ? "BEGIN; SET LOCAL synchronous_commit = off" : "BEGIN");
   try {
-    for (const auto& change : batch) {
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (replaced[i]) continue;
+      const auto& change = batch[i];
       if (const auto* put = std::get_if<PutJob>(&change)) {
         const auto& job = put->job;
-        const bool ended = api::is_terminal(job.status);
+        const bool terminal = api::is_terminal(job.status);
         const auto written = db.query(
             "WITH u AS (UPDATE switchyard_jobs j SET status = $3, attempts = $4::integer, result = $5::jsonb, "
             "error = $6::jsonb, started_at = " +
@@ -495,10 +521,12 @@ bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch
              micros_of(job.started_at), micros_of(job.finished_at), number(job.queue_ms), number(job.run_ms),
              number(job.cpu_ms),
              job.worker_pid ? std::optional<std::string>(std::to_string(*job.worker_pid)) : std::nullopt,
-             ended ? "true" : "false"});
+             terminal ? "true" : "false"});
         if (written.rows() == 0 && job.status != JobStatus::running) {
           log::job(spdlog::level::warn, job.id, "job change not written: this replica no longer holds its lease",
                    {{"status", api::to_string(job.status)}});
+        } else if (terminal) {
+          ended.push_back(job);
         }
       } else {
         const auto& release = std::get<Release>(change);
@@ -527,23 +555,24 @@ bool PostgresJobStore::commit(PgConnection& db, const std::vector<Change>& batch
 
 // --- the listener -------------------------------------------------------------------------
 
+void PostgresJobStore::deliver(const Notice& notice) {
+  std::function<void(const Notice&)> handler;
+  {
+    std::lock_guard lock(queue_mutex_);
+    handler = handler_;
+  }
+  if (handler) handler(notice);
+}
+
 void PostgresJobStore::listener_loop() {
   std::unique_ptr<PgConnection> connection;
   bool missed = false;
-  auto deliver = [this](const Notice& notice) {
-    std::function<void(const Notice&)> handler;
-    {
-      std::lock_guard lock(queue_mutex_);
-      handler = handler_;
-    }
-    if (handler) handler(notice);
-  };
   while (!stop_threads_) {
     if (!connection || !connection->ok()) {
       try {
         connection = std::make_unique<PgConnection>(options_.url);
         connection->exec("LISTEN switchyard_finished; LISTEN switchyard_queued; LISTEN switchyard_cancel");
-        if (missed) deliver(Notice{Notice::Kind::reconnected, {}, api::Model::thread});
+        if (missed) deliver(Notice{Notice::Kind::reconnected, {}, api::Model::thread, std::nullopt});
         missed = false;
       } catch (const PgError& e) {
         connection.reset();
@@ -569,11 +598,11 @@ void PostgresJobStore::listener_loop() {
       const std::string payload = raw->extra;
       PQfreemem(raw);
       if (channel == "switchyard_finished") {
-        notice = Notice{Notice::Kind::finished, payload, api::Model::thread};
+        notice = Notice{Notice::Kind::finished, payload, api::Model::thread, std::nullopt};
       } else if (channel == "switchyard_cancel") {
-        notice = Notice{Notice::Kind::cancel, payload, api::Model::thread};
+        notice = Notice{Notice::Kind::cancel, payload, api::Model::thread, std::nullopt};
       } else {
-        notice = Notice{Notice::Kind::queued, {}, api::parse_model(payload).value_or(api::Model::thread)};
+        notice = Notice{Notice::Kind::queued, {}, api::parse_model(payload).value_or(api::Model::thread), std::nullopt};
       }
       deliver(notice);
     }
@@ -616,7 +645,7 @@ void PostgresJobStore::maintenance_loop() {
         std::lock_guard lock(queue_mutex_);
         handler = handler_;
       }
-      if (handler) handler(Notice{Notice::Kind::leases_lost, {}, api::Model::thread});
+      if (handler) handler(Notice{Notice::Kind::leases_lost, {}, api::Model::thread, std::nullopt});
     }
     while (!stop_threads_ && std::chrono::steady_clock::now() < began + period) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));

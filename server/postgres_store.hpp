@@ -101,7 +101,10 @@ class PostgresJobStore final : public JobStore, public SharedQueue {
   void enqueue(Change change);
   void writer_loop();
   /// Writes `batch` in one transaction; false (and logs why) if it failed.
-  bool commit(PgConnection& connection, const std::vector<Change>& batch);
+  /// Writes `batch` in one transaction; `ended` gets the terminal jobs it wrote.
+  bool commit(PgConnection& connection, const std::vector<Change>& batch, std::vector<api::Job>& ended);
+  /// Hands `notice` to the listening dispatcher, if any.
+  void deliver(const Notice& notice);
   void listener_loop();
   void maintenance_loop();
   /// One maintenance pass: heartbeat and lease renewal, reclaim of expired leases, queued

@@ -117,6 +117,24 @@ class TestEveryReplicaServesTheWholeApi:
             assert r.status == 200 and r.body["status"] == "succeeded", (r.status, r.body)
             assert time.monotonic() - t0 < 0.2 + 0.6, "Prefer: wait did not wake when the job ended"
 
+    def test_prefer_wait_answers_the_job_as_stored(self, trio):
+        # The replica that ran a job answers its own waiters from the end it committed, without a
+        # read; a job that ran elsewhere is read. Either way the answer is the stored job, field
+        # for field, as every replica reads it afterwards: both models, a success and a failure.
+        kinds = (("noop", {}, "thread", "succeeded"), ("noop", {}, "process", "succeeded"),
+                 ("sleep", {"ms": 30}, "thread", "succeeded"), ("crash", {"signal": "ABRT"}, "process", "failed"))
+        answered_by = Counter()
+        for i in range(24):
+            server = trio[i % 3]
+            job_type, input_, model, status = kinds[i % len(kinds)]
+            r = server.submit(job_type, input_, model=model, headers={"Prefer": "wait=30"})
+            assert r.status == 200 and r.body["status"] == status, (r.status, r.body)
+            for reader in trio:
+                assert reader.job(r.body["id"]) == r.body, (trio.index(server), trio.index(reader))
+            if model == "process" and status == "succeeded":  # the worker lives on: whose is it?
+                answered_by["same replica" if runner_of(r.body["worker_pid"], trio) is server else "other"] += 1
+        print(f"process jobs answered by the replica that ran them or another: {dict(answered_by)}")
+
     def test_work_submitted_to_one_replica_spreads_over_all(self, trio, tmp_path):
         a, b, _ = trio
         log = str(tmp_path / "spread.log")
