@@ -135,7 +135,7 @@ std::string printable(std::string_view text, std::size_t limit = 400) {
   }
   if (current.response != nullptr) {
     std::fprintf(stderr, "  response: %d %s (route %s)\n            body %s\n", current.response->status,
-                 current.response->content_type.c_str(), current.response->route.c_str(),
+                 std::string(current.response->content_type).c_str(), current.response->route.c_str(),
                  printable(current.response->body).c_str());
   }
   std::abort();
@@ -222,9 +222,9 @@ class MapJobService final : public api::JobService {
     return result;
   }
 
-  [[nodiscard]] std::optional<api::Job> get(const std::string& id) const override {
-    if (auto it = jobs_.find(id); it != jobs_.end()) return it->second;
-    return std::nullopt;
+  boost::asio::awaitable<std::optional<api::Job>> get(std::string id) override {
+    if (auto it = jobs_.find(id); it != jobs_.end()) co_return it->second;
+    co_return std::nullopt;
   }
 
   boost::asio::awaitable<std::optional<api::Job>> wait(std::string id, std::chrono::milliseconds max_wait) override {
@@ -236,7 +236,7 @@ class MapJobService final : public api::JobService {
     co_return it->second;
   }
 
-  [[nodiscard]] api::ListPage list(const api::ListQuery& query) const override {
+  boost::asio::awaitable<api::ListPage> list(api::ListQuery query) override {
     FUZZ_CHECK(query.limit >= 1 && query.limit <= 1000);
     if (query.after_id) FUZZ_CHECK(workers::parse_uuid(*query.after_id).has_value());
     api::ListPage page;
@@ -252,7 +252,7 @@ class MapJobService final : public api::JobService {
       }
       page.jobs.push_back(job);
     }
-    return page;
+    co_return page;
   }
 
   boost::asio::awaitable<api::CancelResult> cancel(std::string id) override {
