@@ -25,7 +25,7 @@ struct Request {
 /// An HTTP response as the handlers produce it.
 struct Response {
   int status = 200;
-  std::string content_type = "application/json";
+  std::string_view content_type = "application/json";  ///< a string literal, never a client's text
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   std::string route = "unmatched";  ///< the route template, for metrics labels

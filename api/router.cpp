@@ -189,8 +189,10 @@ boost::asio::awaitable<Response> Router::dispatch(Request& request, const RouteM
   }
   const bool is_get = request.method == "GET" || request.method == "HEAD";
   switch (route.id) {
-    case RouteId::healthz:
-      co_return json_response(200, {{"status", "ok"}});
+    case RouteId::healthz: {
+      static const Response kOk = json_response(200, {{"status", "ok"}});
+      co_return kOk;
+    }
     case RouteId::readyz: {
       const Health health = service_.health();
       if (health.ready && !health.draining) co_return json_response(200, {{"status", "ready"}});

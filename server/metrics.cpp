@@ -3,8 +3,10 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 
+#include <fmt/format.h>
 #include <prometheus/text_serializer.h>
 
 #include "workers/cpu_time.hpp"
@@ -190,11 +192,32 @@ void Metrics::store_committed(double seconds, std::size_t changes, bool ok) {
   }
 }
 
-void Metrics::http_request(const std::string& method, const std::string& route, int code, double seconds) {
-  // Family::Add returns the existing child for known labels; the label set is small and bounded
-  // (methods the router accepts x route templates x status codes), never a raw path.
-  http_requests_.Add({{"method", method}, {"route", route}, {"code", std::to_string(code)}}).Increment();
-  http_duration_.Add({{"route", route}}, http_buckets()).Observe(seconds);
+void Metrics::http_request(std::string_view method, std::string_view route, int code, double seconds) {
+  // The label set is small and bounded (methods the router accepts x route templates x status
+  // codes), never a raw path, so the children, once made, are kept here.
+  std::array<char, 160> buffer{};
+  const auto key_end = fmt::format_to_n(buffer.data(), buffer.size(), "{} {} {}", method, route, code);
+  const bool fits = key_end.size <= buffer.size();  // always, for the router's labels
+  const std::string_view key(buffer.data(), std::min(key_end.size, buffer.size()));
+  prometheus::Counter* counter = nullptr;
+  prometheus::Histogram* histogram = nullptr;
+  if (fits) {
+    std::shared_lock lock(http_mutex_);
+    if (auto found = http_counters_.find(key); found != http_counters_.end()) counter = found->second;
+    if (auto found = http_histograms_.find(route); found != http_histograms_.end()) histogram = found->second;
+  }
+  if (counter == nullptr || histogram == nullptr) {
+    std::unique_lock lock(http_mutex_);
+    const std::string route_label(route);
+    counter = &http_requests_.Add({{"method", std::string(method)}, {"route", route_label}, {"code", std::to_string(code)}});
+    histogram = &http_duration_.Add({{"route", route_label}}, http_buckets());
+    if (fits) {
+      http_counters_.emplace(key, counter);
+      http_histograms_.emplace(route_label, histogram);
+    }
+  }
+  counter->Increment();
+  histogram->Observe(seconds);
 }
 
 double Metrics::throughput(api::Model model, int seconds) const { return windows_[index(model)].rate(seconds); }

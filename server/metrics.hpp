@@ -5,7 +5,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -55,7 +58,7 @@ class Metrics {
   void job_completed(api::Model model, const std::string& type, api::JobStatus status, double run_seconds,
                      double cpu_seconds);
   void worker_restarted(workers::RestartReason reason);
-  void http_request(const std::string& method, const std::string& route, int code, double seconds);
+  void http_request(std::string_view method, std::string_view route, int code, double seconds);
   /// A durable store's transaction: how long it took (fsync included), the changes it wrote, whether it committed.
   void store_committed(double seconds, std::size_t changes, bool ok);
 
@@ -105,6 +108,18 @@ class Metrics {
   std::array<prometheus::Gauge*, 2> rate_10s_{}, rate_1m_{};
   std::array<prometheus::Counter*, 5> restarts_by_reason_{};
   std::array<ThroughputWindow, 2> windows_;
+
+  // The HTTP children by "method route code" and by route, so that a request looks its children
+  // up without building label maps (Family::Add) or allocating; filled on first use.
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view text) const { return std::hash<std::string_view>{}(text); }
+  };
+  template <class T>
+  using ByName = std::unordered_map<std::string, T*, StringHash, std::equal_to<>>;
+  std::shared_mutex http_mutex_;
+  ByName<prometheus::Counter> http_counters_;
+  ByName<prometheus::Histogram> http_histograms_;
 
   std::mutex scrape_mutex_;        // one scrape at a time updates the sampled values
   double process_cpu_seen_ = 0;    // what process_cpu_ has been incremented to
