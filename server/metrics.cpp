@@ -209,7 +209,8 @@ void Metrics::http_request(std::string_view method, std::string_view route, int 
   if (counter == nullptr || histogram == nullptr) {
     std::unique_lock lock(http_mutex_);
     const std::string route_label(route);
-    counter = &http_requests_.Add({{"method", std::string(method)}, {"route", route_label}, {"code", std::to_string(code)}});
+    counter =
+        &http_requests_.Add({{"method", std::string(method)}, {"route", route_label}, {"code", std::to_string(code)}});
     histogram = &http_duration_.Add({{"route", route_label}}, http_buckets());
     if (fits) {
       http_counters_.emplace(key, counter);
