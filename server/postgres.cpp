@@ -4,9 +4,9 @@
 
 #include <poll.h>
 
-#include <libpq-fe.h>
 #include <boost/url/parse.hpp>
 #include <boost/url/url.hpp>
+#include <libpq-fe.h>
 
 #include "server/log.hpp"
 
@@ -92,13 +92,9 @@ PgResult checked(pg_conn* conn, pg_result* result, const std::string& what) {
 
 PgResult::PgResult(pg_result* result) : result_(result, PQclear) {}
 
-int PgResult::rows() const {
-  return PQntuples(result_.get());
-}
+int PgResult::rows() const { return PQntuples(result_.get()); }
 
-bool PgResult::is_null(int row, int column) const {
-  return PQgetisnull(result_.get(), row, column) != 0;
-}
+bool PgResult::is_null(int row, int column) const { return PQgetisnull(result_.get(), row, column) != 0; }
 
 std::string PgResult::text(int row, int column) const {
   return {PQgetvalue(result_.get(), row, column), static_cast<std::size_t>(PQgetlength(result_.get(), row, column))};
@@ -127,9 +123,7 @@ PgConnection::~PgConnection() {
   if (conn_ != nullptr) PQfinish(conn_);
 }
 
-void PgConnection::exec(const std::string& sql) {
-  checked(conn_, PQexec(conn_, sql.c_str()), "PostgreSQL");
-}
+void PgConnection::exec(const std::string& sql) { checked(conn_, PQexec(conn_, sql.c_str()), "PostgreSQL"); }
 
 PgResult PgConnection::query(const std::string& sql, const std::vector<std::optional<std::string>>& params) {
   std::vector<const char*> values;
@@ -152,9 +146,7 @@ PgResult PgConnection::query(const std::string& sql, const std::vector<std::opti
                  "PostgreSQL");
 }
 
-bool PgConnection::ok() const {
-  return PQstatus(conn_) == CONNECTION_OK;
-}
+bool PgConnection::ok() const { return PQstatus(conn_) == CONNECTION_OK; }
 
 bool PgConnection::alive() {
   if (!ok()) return false;
@@ -176,9 +168,7 @@ std::string redact_database_url(const std::string& url) {
   return std::string(copy.buffer());
 }
 
-int postgres_schema_version() {
-  return static_cast<int>(std::size(kMigrations));
-}
+int postgres_schema_version() { return static_cast<int>(std::size(kMigrations)); }
 
 int migrate_postgres(PgConnection& connection) {
   int applied = 0;
@@ -189,9 +179,8 @@ int migrate_postgres(PgConnection& connection) {
     try {
       connection.query(std::string("SELECT pg_advisory_xact_lock(") + kMigrationLock + ")");
       // Under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog.
-      connection.exec(
-          "CREATE TABLE IF NOT EXISTS switchyard_schema_migrations ("
-          " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
+      connection.exec("CREATE TABLE IF NOT EXISTS switchyard_schema_migrations ("
+                      " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())");
       const auto current = connection.query("SELECT coalesce(max(version), 0) FROM switchyard_schema_migrations");
       const int version = std::stoi(current.text(0, 0));
       if (version > postgres_schema_version()) {
