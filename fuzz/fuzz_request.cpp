@@ -510,7 +510,11 @@ void check_response(const api::Request& request, const api::Response& response, 
     }
     if (!carries) FUZZ_CHECK(response.status == 401, "a /v1 request without a token was let through");
     const auto first = request.header("Authorization");
-    if (first && (*first == "Bearer " + std::string(kToken) || *first == "bearer  " + std::string(kOtherToken))) {
+    // Two Authorization fields are refused on purpose (which one would a proxy have checked?).
+    const auto fields = std::count_if(request.headers.begin(), request.headers.end(),
+                                      [](const auto& field) { return api::iequals(field.first, "Authorization"); });
+    if (fields == 1 && first &&
+        (*first == "Bearer " + std::string(kToken) || *first == "bearer  " + std::string(kOtherToken))) {
       FUZZ_CHECK(response.status != 401, "a valid token was refused");
     }
   }
