@@ -610,6 +610,24 @@ class Server:
         wait_until(check, timeout, interval=0.05, message="server idle")
 
 
+def read_log(path):
+    """append_log's file as (event, tag, pid, ns) tuples; no lines while the file does not exist yet
+    (a job is `running` from the moment it is handed to a worker, before it opens the file). Fails
+    on a line that is not whole."""
+    lines = []
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return lines
+    with f:
+        for raw in f:
+            assert raw.endswith("\n"), f"line without its newline: {raw!r}"
+            fields = raw.split()
+            assert len(fields) == 4 and fields[0] in ("start", "end", "stop"), f"malformed line {raw!r}"
+            lines.append((fields[0], fields[1], int(fields[2]), int(fields[3])))
+    return lines
+
+
 def list_all(server, **filters):
     """Every job the server lists (with `filters` as query parameters), by id, following
     next_cursor; fails on a job listed twice."""

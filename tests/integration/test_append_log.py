@@ -26,18 +26,6 @@ def _idle(als):
     yield
 
 
-def read_log(path):
-    """The file's lines as (event, tag, pid, ns) tuples; fails on a line that is not whole."""
-    lines = []
-    with open(path) as f:
-        for raw in f:
-            assert raw.endswith("\n"), f"line without its newline: {raw!r}"
-            fields = raw.split()
-            assert len(fields) == 4 and fields[0] in ("start", "end", "stop"), f"malformed line {raw!r}"
-            lines.append((fields[0], fields[1], int(fields[2]), int(fields[3])))
-    return lines
-
-
 @pytest.mark.parametrize("model", ["process", "thread"])
 def test_a_run_appends_start_and_end(als, tmp_path, model):
     log = str(tmp_path / "jobs.log")
@@ -51,7 +39,7 @@ def test_a_run_appends_start_and_end(als, tmp_path, model):
     assert result["pid"] == pid, (result, job)
     assert before <= result["started_ns"] and result["ended_ns"] - result["started_ns"] >= 50_000_000, result
     assert result["ended_ns"] <= time.monotonic_ns(), "the job's clock is not CLOCK_MONOTONIC"
-    assert read_log(log) == [("start", f"one-{model}", pid, result["started_ns"]),
+    assert sy.read_log(log) == [("start", f"one-{model}", pid, result["started_ns"]),
                              ("end", f"one-{model}", pid, result["ended_ns"])]
 
 
@@ -66,7 +54,7 @@ def test_concurrent_runs_leave_whole_lines(als, tmp_path):
     for job in r.body["jobs"]:
         assert als.wait_job(job["id"])["status"] == "succeeded"
     by_tag = {}
-    for event, tag, _, ns in read_log(log):
+    for event, tag, _, ns in sy.read_log(log):
         by_tag.setdefault(tag, []).append((event, ns))
     assert sorted(by_tag) == sorted(f"t{i}" for i in range(80))
     for tag, events in by_tag.items():
@@ -78,12 +66,12 @@ def test_cancel_on_a_thread_writes_stop(als, tmp_path):
     log = str(tmp_path / "jobs.log")
     job = als.submit_ok("append_log", {"path": log, "tag": "long", "ms": 600_000}, model="thread")
     als.wait_status(job["id"], "running")
-    sy.wait_until(lambda: len(read_log(log)) == 1, 5, message="the start line")
+    sy.wait_until(lambda: len(sy.read_log(log)) == 1, 5, message="the start line")
     r = als.request("DELETE", f"/v1/jobs/{job['id']}")
     assert r.status == 200 and r.headers.get("Switchyard-Cancellation") == "requested", (r.status, r.body)
     final = als.wait_job(job["id"])
     assert final["status"] == "cancelled", final
-    (start, stop) = read_log(log)
+    (start, stop) = sy.read_log(log)
     assert start[:3] == ("start", "long", als.pid) and stop[:3] == ("stop", "long", als.pid), (start, stop)
     assert start[3] < stop[3]
 
@@ -94,12 +82,12 @@ def test_cancel_in_a_worker_kills_it_before_any_end(als, tmp_path):
     job = als.submit_ok("append_log", {"path": log, "tag": "doomed", "ms": 600_000})
     running = als.wait_status(job["id"], "running")
     assert running["model"] == "process"
-    sy.wait_until(lambda: len(read_log(log)) == 1, 5, message="the start line")
+    sy.wait_until(lambda: len(sy.read_log(log)) == 1, 5, message="the start line")
     r = als.request("DELETE", f"/v1/jobs/{job['id']}")
     assert r.status == 200 and r.headers.get("Switchyard-Cancellation") == "killed", (r.status, r.body)
     assert als.wait_job(job["id"])["status"] == "cancelled"
     time.sleep(0.1)  # an end or stop line written after all would have landed by now
-    (only,) = read_log(log)
+    (only,) = sy.read_log(log)
     assert only[:3] == ("start", "doomed", running["worker_pid"]), only
 
 

@@ -56,19 +56,9 @@ def replicas(binary, count, process_workers):
                 s.kill()
 
 
-def read_log(path):
-    """append_log's file as (event, tag, pid, ns) tuples."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = [raw.split() for raw in f]
-    assert all(len(fields) == 4 for fields in lines), "a line that is not whole"
-    return [(event, tag, int(pid), int(ns)) for event, tag, pid, ns in lines]
-
-
 def starts_in(log, count):
     """{tag: pid} of the start lines once the file holds `count` lines, else None."""
-    lines = read_log(log)
+    lines = sy.read_log(log)
     return {tag: pid for event, tag, pid, _ in lines if event == "start"} if len(lines) == count else None
 
 
@@ -173,14 +163,14 @@ class TestEveryReplicaServesTheWholeApi:
         assert time.monotonic() - cancelled_at < 5
 
         # The thread run saw its stop flag; the worker was killed before it could write anything.
-        events = [(event, tag, pid) for event, tag, pid, _ in read_log(log)]
+        events = [(event, tag, pid) for event, tag, pid, _ in sy.read_log(log)]
         assert sorted(events) == sorted([("start", "thread", starts["thread"]), ("stop", "thread", starts["thread"]),
                                          ("start", "process", starts["process"])]), events
         sy.wait_until(lambda: starts["process"] not in process_runner.live_worker_pids(), 5,
                       message="the cancelled job's worker to be killed")
         # Cancelled is final: no replica takes the jobs up again once their leases lapse.
         time.sleep(LEASE_MS / 1000 + 1)
-        assert len(read_log(log)) == 3, read_log(log)
+        assert len(sy.read_log(log)) == 3, sy.read_log(log)
         for server in trio:
             for job in (sleeper, on_thread, in_worker):
                 assert server.job(job["id"])["status"] == "cancelled"
@@ -196,7 +186,7 @@ class TestEveryReplicaServesTheWholeApi:
         for job in blockers:
             b.wait_status(job["id"], "running", timeout=15)
         # Running means started: a replica claims only what its free workers can start.
-        sy.wait_until(lambda: len(read_log(log)) == 6, 5, message="all six blockers started in a worker")
+        sy.wait_until(lambda: len(sy.read_log(log)) == 6, 5, message="all six blockers started in a worker")
         waiting = a.submit_ok("append_log", {"path": log, "tag": "never", "ms": 1})
         assert b.job(waiting["id"])["status"] == "queued"
         # The queue is the shared one: every replica reports its length (refreshed every second).
@@ -215,7 +205,7 @@ class TestEveryReplicaServesTheWholeApi:
         for job in blockers:
             a.wait_status(job["id"], "cancelled", timeout=5)
         time.sleep(LEASE_MS / 1000 + 1)  # the workers are free again: the cancelled job must not run
-        assert "never" not in {tag for _, tag, _, _ in read_log(log)}
+        assert "never" not in {tag for _, tag, _, _ in sy.read_log(log)}
         assert b.job(waiting["id"])["status"] == "cancelled"
 
     def test_idempotency_keys_hold_across_replicas(self, trio):
@@ -358,7 +348,7 @@ def test_kill9_of_a_replica_never_runs_a_job_twice_at_once(proof_trio, tmp_path)
 
     def victim_mid_run():
         """A worker of the victim is at least 20 ms away from the end of an append_log run."""
-        lines = read_log(log)
+        lines = sy.read_log(log)
         ended = {(tag, pid) for event, tag, pid, _ in lines if event != "start"}
         now = time.monotonic_ns()
         return any(event == "start" and (tag, pid) not in ended and pid in victim_pids
@@ -401,7 +391,7 @@ def test_kill9_of_a_replica_never_runs_a_job_twice_at_once(proof_trio, tmp_path)
 
     # The file: whole lines only, written by workers of the three replicas and nothing else.
     survivor_pids = {pid for s in survivors for pid, _ in s.snapshot_workers()}
-    lines = read_log(log)
+    lines = sy.read_log(log)
     assert {pid for _, _, pid, _ in lines} <= victim_pids | survivor_pids
     assert victim_pids & {pid for _, _, pid, _ in lines}, "the killed replica never ran an append_log job"
     assert not [line for line in lines if line[0] == "stop"], "nothing was cancelled, yet a run stopped"
@@ -486,7 +476,7 @@ def test_a_replica_cut_off_from_the_database_stops_its_jobs_before_another_takes
 
             final = a.wait_job(job["id"], timeout=30)
             assert final["status"] == "succeeded" and final["attempts"] == 2, final
-            runs = [(event, pid, ns) for event, tag, pid, ns in read_log(log) if tag == "fenced"]
+            runs = [(event, pid, ns) for event, tag, pid, ns in sy.read_log(log) if tag == "fenced"]
             (a_start,) = [ns for event, pid, ns in runs if event == "start" and pid != b_worker]
             assert a_start > gone_ns[0], "A's run began while B's worker still ran the job"
             print(f"B stopped its job {stopped_after_ms:.0f} ms after losing the database; A started it "
