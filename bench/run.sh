@@ -6,7 +6,8 @@
 #
 # Usage: bench/run.sh [--quick] [--runs N] [--out DIR] [--only 1,2,...]
 #   --quick   one short run of each scenario (about 1 minute on 2 cores), written to
-#             bench/results/<date>-quick/; the full run (5 runs, medians) takes about 10 minutes.
+#             bench/results/<date>-quick/; the full run (5 runs of scenarios 1-6, 3 of 7
+#             and 8, medians) took 13 minutes on 2 cores (2026-12-02), plus the build.
 #   --only    the scenarios with these numbers (1-8) only
 # Needs the packages of `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3).
 # Only 127.0.0.1 is ever a target. Every process started is stopped on exit, error or Ctrl-C.
@@ -23,7 +24,7 @@ while (($#)); do
     --runs) runs=(--runs "$2"); shift ;;
     --out) out="$2"; shift ;;
     --only) only=(--only "$2"); shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
