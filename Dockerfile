@@ -26,7 +26,7 @@ FROM ${BASE_IMAGE}
 # SIGTERM to the server and reaps any orphan a job leaves), nothing else.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      tini libssl3 libboost-url1.81.0 libprometheus-cpp-core1.0 libspdlog1.10 libfmt9 libseccomp2 libsqlite3-0 libpq5 \
+      tini libssl3 libjemalloc2 libboost-url1.81.0 libprometheus-cpp-core1.0 libspdlog1.10 libfmt9 libseccomp2 libsqlite3-0 libpq5 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/switchyard \
       --shell /usr/sbin/nologin switchyard \

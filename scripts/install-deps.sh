@@ -17,6 +17,7 @@ build_pkgs=(
   libboost1.81-dev libboost-url1.81-dev
   nlohmann-json3-dev prometheus-cpp-dev doctest-dev libssl-dev
   libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev libsqlite3-dev libpq-dev
+  libjemalloc-dev
 )
 test_pkgs=(curl python3 python3-pytest python3-yaml procps postgresql)
 # The dnsname CNI plugin: containers on a compose network find each other by service name
