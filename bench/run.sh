@@ -5,11 +5,11 @@
 # bench/results/<date>/results.md, results.json and PNG plots.
 #
 # Usage: bench/run.sh [--quick] [--runs N] [--out DIR] [--only 1,2,...]
-#   --quick   one short run of each scenario (about 1 minute on 2 cores), written to
+#   --quick   one short run of each scenario (about 1-2 minutes on 2 cores), written to
 #             bench/results/<date>-quick/; the full run (5 runs of scenarios 1-6, 3 of 7
 #             and 8, medians) took 13 minutes on 2 cores (2026-12-02), plus the build.
 #   --only    the scenarios with these numbers (1-8) only
-# Needs the packages of `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3).
+# Installs `scripts/install-deps.sh --bench` (wrk, nginx, gnuplot-nox, python3, procps, linux-perf).
 # Only 127.0.0.1 is ever a target. Every process started is stopped on exit, error or Ctrl-C.
 set -euo pipefail
 

@@ -610,21 +610,26 @@ class Server:
         wait_until(check, timeout, interval=0.05, message="server idle")
 
 
-def read_log(path):
+def read_log(path, in_progress=False):
     """append_log's file as (event, tag, pid, ns) tuples; no lines while the file does not exist yet
     (a job is `running` from the moment it is handed to a worker, before it opens the file). Fails
-    on a line that is not whole."""
+    on a line that is not whole, except, with `in_progress` (a poll while jobs still append), a
+    last line without its newline: the kernel copies an O_APPEND write into the file page by page,
+    so a reader can see the first part of a line that crosses a page boundary."""
     lines = []
     try:
         f = open(path)
     except FileNotFoundError:
         return lines
     with f:
-        for raw in f:
-            assert raw.endswith("\n"), f"line without its newline: {raw!r}"
-            fields = raw.split()
-            assert len(fields) == 4 and fields[0] in ("start", "end", "stop"), f"malformed line {raw!r}"
-            lines.append((fields[0], fields[1], int(fields[2]), int(fields[3])))
+        raws = f.readlines()
+    if in_progress and raws and not raws[-1].endswith("\n"):
+        raws.pop()
+    for raw in raws:
+        assert raw.endswith("\n"), f"line without its newline: {raw!r}"
+        fields = raw.split()
+        assert len(fields) == 4 and fields[0] in ("start", "end", "stop"), f"malformed line {raw!r}"
+        lines.append((fields[0], fields[1], int(fields[2]), int(fields[3])))
     return lines
 
 

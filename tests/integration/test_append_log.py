@@ -66,7 +66,7 @@ def test_cancel_on_a_thread_writes_stop(als, tmp_path):
     log = str(tmp_path / "jobs.log")
     job = als.submit_ok("append_log", {"path": log, "tag": "long", "ms": 600_000}, model="thread")
     als.wait_status(job["id"], "running")
-    sy.wait_until(lambda: len(sy.read_log(log)) == 1, 5, message="the start line")
+    sy.wait_until(lambda: len(sy.read_log(log, in_progress=True)) == 1, 5, message="the start line")
     r = als.request("DELETE", f"/v1/jobs/{job['id']}")
     assert r.status == 200 and r.headers.get("Switchyard-Cancellation") == "requested", (r.status, r.body)
     final = als.wait_job(job["id"])
@@ -82,7 +82,7 @@ def test_cancel_in_a_worker_kills_it_before_any_end(als, tmp_path):
     job = als.submit_ok("append_log", {"path": log, "tag": "doomed", "ms": 600_000})
     running = als.wait_status(job["id"], "running")
     assert running["model"] == "process"
-    sy.wait_until(lambda: len(sy.read_log(log)) == 1, 5, message="the start line")
+    sy.wait_until(lambda: len(sy.read_log(log, in_progress=True)) == 1, 5, message="the start line")
     r = als.request("DELETE", f"/v1/jobs/{job['id']}")
     assert r.status == 200 and r.headers.get("Switchyard-Cancellation") == "killed", (r.status, r.body)
     assert als.wait_job(job["id"])["status"] == "cancelled"

@@ -58,7 +58,7 @@ def replicas(binary, count, process_workers):
 
 def starts_in(log, count):
     """{tag: pid} of the start lines once the file holds `count` lines, else None."""
-    lines = sy.read_log(log)
+    lines = sy.read_log(log, in_progress=True)
     return {tag: pid for event, tag, pid, _ in lines if event == "start"} if len(lines) == count else None
 
 
@@ -186,7 +186,7 @@ class TestEveryReplicaServesTheWholeApi:
         for job in blockers:
             b.wait_status(job["id"], "running", timeout=15)
         # Running means started: a replica claims only what its free workers can start.
-        sy.wait_until(lambda: len(sy.read_log(log)) == 6, 5, message="all six blockers started in a worker")
+        sy.wait_until(lambda: len(sy.read_log(log, in_progress=True)) == 6, 5, message="all six blockers started in a worker")
         waiting = a.submit_ok("append_log", {"path": log, "tag": "never", "ms": 1})
         assert b.job(waiting["id"])["status"] == "queued"
         # The queue is the shared one: every replica reports its length (refreshed every second).
@@ -348,7 +348,7 @@ def test_kill9_of_a_replica_never_runs_a_job_twice_at_once(proof_trio, tmp_path)
 
     def victim_mid_run():
         """A worker of the victim is at least 20 ms away from the end of an append_log run."""
-        lines = sy.read_log(log)
+        lines = sy.read_log(log, in_progress=True)
         ended = {(tag, pid) for event, tag, pid, _ in lines if event != "start"}
         now = time.monotonic_ns()
         return any(event == "start" and (tag, pid) not in ended and pid in victim_pids
