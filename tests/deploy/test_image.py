@@ -473,10 +473,16 @@ def check_database_restart(stack, ids):
     took = time.monotonic() - t0
     assert took < 10, f"podman stop of postgres took {took:.1f} s"
     assert podman("inspect", "--format", "{{.State.ExitCode}}", stack.names["postgres"]).stdout.strip() == "0"
-    sy.wait_until(lambda: not stack.lb_ready(), 30, interval=0.5,
-                  message="/readyz not ready without the database")
+    # Every replica, not just the one the port happens to reach: they notice the outage at their
+    # own moments (a request, a lease renewal), and one still answering ready from before would
+    # make the port look ready again before the database is back.
+    sy.wait_until(lambda: not any(stack.replica_ready(name) for name in stack.replicas), 30, interval=0.5,
+                  message="every replica's /readyz not ready without the database")
+    assert not stack.lb_ready(), "the port answers ready while no replica is"
     podman("start", stack.names["postgres"])
-    sy.wait_until(stack.lb_ready, 60, interval=0.5, message="/readyz ready again with the database back")
+    sy.wait_until(lambda: all(stack.replica_ready(name) for name in stack.replicas), 60, interval=0.5,
+                  message="every replica's /readyz ready again with the database back")
+    sy.wait_until(stack.lb_ready, 30, interval=0.5, message="the port's /readyz ready again")
     # Pooled connections that the restart broke are dropped when taken, so once /readyz is 200
     # no request fails for them. (Retried here only so that a failure shows what came back.)
     unavailable = []
