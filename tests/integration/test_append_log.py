@@ -40,7 +40,7 @@ def test_a_run_appends_start_and_end(als, tmp_path, model):
     assert before <= result["started_ns"] and result["ended_ns"] - result["started_ns"] >= 50_000_000, result
     assert result["ended_ns"] <= time.monotonic_ns(), "the job's clock is not CLOCK_MONOTONIC"
     assert sy.read_log(log) == [("start", f"one-{model}", pid, result["started_ns"]),
-                             ("end", f"one-{model}", pid, result["ended_ns"])]
+                                ("end", f"one-{model}", pid, result["ended_ns"])]
 
 
 def test_concurrent_runs_leave_whole_lines(als, tmp_path):
