@@ -127,8 +127,13 @@ Exchange interpret_reply(const ReadFrame& frame, const FrameJobId& expected) {
 class ProcessPool::Slot {
  public:
   Slot(ProcessPool& pool, int index)
-      : pool_(pool), index_(index), strand_(asio::make_strand(pool.context_)),
-        socket_(strand_), runs_(strand_, 1), exits_(strand_, 1) {}
+      : pool_(pool),
+        index_(index),
+        strand_(asio::make_strand(pool.context_)),
+        socket_(strand_),
+        deadline_(strand_),
+        runs_(strand_, 1),
+        exits_(strand_, 1) {}
 
   using RunChannel = asio::experimental::concurrent_channel<void(boost::system::error_code, std::shared_ptr<Execution>)>;
   using ExitChannel = asio::experimental::concurrent_channel<void(boost::system::error_code, ExitInfo)>;
@@ -336,12 +341,27 @@ class ProcessPool::Slot {
     });
     pool_.observer_.on_started(*run, pid);
 
-    asio::steady_timer deadline(strand_, run->timeout());
-    auto outcome = co_await (exchange(std::move(frame), run->id()) || deadline.async_wait(asio::use_awaitable));
+    // The deadline aborts the exchange from a completion handler rather than racing it with
+    // `||`: that operator spawns two coroutines per job and its losing timer throws
+    // operation_aborted, an exception per job on the hottest path of the process model.
+    const std::uint64_t generation = ++deadline_generation_;
+    timed_out_ = false;
+    deadline_.expires_after(run->timeout());
+    deadline_.async_wait([this, generation](boost::system::error_code error) {
+      // Both run on the strand; a handler queued just before the reply came finds a newer
+      // generation and leaves the next job alone.
+      if (error || generation != deadline_generation_) return;
+      timed_out_ = true;
+      boost::system::error_code ignored;
+      socket_.cancel(ignored);  // the exchange returns an io_error; the worker is killed below
+    });
+    Exchange outcome = co_await exchange(std::move(frame), run->id());
+    ++deadline_generation_;
+    deadline_.cancel();
     run->disarm_stop();
 
-    if (outcome.index() == 0 && std::get<0>(outcome).kind == Exchange::Kind::reply) {
-      auto& reply = std::get<0>(outcome);
+    if (!timed_out_ && outcome.kind == Exchange::Kind::reply) {
+      auto& reply = outcome;
       cpu_total_ms_ = reply.cpu_total_ms;
       const StopReason stopped = run->stop_flag().reason();
       const bool out_of_memory = !reply.outcome.ok && reply.outcome.error_code == "memory_limit";
@@ -388,13 +408,13 @@ class ProcessPool::Slot {
     RestartReason restart = RestartReason::crash;
     RunReport report;
     report.worker_pid = pid;
-    if (outcome.index() == 1) {
+    if (timed_out_) {
       run->request_stop(StopReason::timeout);  // loses to a cancel that came first
       reaper.signal_group(pid, SIGKILL);
-    } else if (std::get<0>(outcome).kind == Exchange::Kind::protocol_error) {
-      spdlog::error("worker slot {}: pid {} broke the protocol ({}), killing it", index_, pid, std::get<0>(outcome).problem);
+    } else if (outcome.kind == Exchange::Kind::protocol_error) {
+      spdlog::error("worker slot {}: pid {} broke the protocol ({}), killing it", index_, pid, outcome.problem);
       reaper.signal_group(pid, SIGKILL);
-      report.outcome = Outcome::failure("worker_protocol_error", std::get<0>(outcome).problem);
+      report.outcome = Outcome::failure("worker_protocol_error", outcome.problem);
     }
     const ExitInfo info = co_await await_exit();
     exited_ = true;
@@ -465,6 +485,9 @@ class ProcessPool::Slot {
   int index_;
   asio::strand<asio::io_context::executor_type> strand_;
   asio::local::stream_protocol::socket socket_;
+  asio::steady_timer deadline_;            // the running job's timeout
+  std::uint64_t deadline_generation_ = 0;  // one per job: a late handler knows it is stale
+  bool timed_out_ = false;
   RunChannel runs_;
   ExitChannel exits_;
   pid_t pid_ = -1;

@@ -140,6 +140,27 @@ TEST_CASE("a job over its timeout is killed with its worker") {
   CHECK_FALSE(alive(*report.worker_pid));
 }
 
+TEST_CASE("a deadline that meets its job's reply never touches the next job") {
+  // Each burn ends about when its deadline does, so the reply and the timer race; the noop
+  // after it must never pay for a timer that fired late.
+  PoolFixture f(1);
+  std::vector<std::shared_ptr<workers::Execution>> burns, noops;
+  for (int i = 0; i < 40; ++i) {
+    burns.push_back(f.submit("burn", {{"ms", 2 + i % 2}}, 3ms));
+    noops.push_back(f.submit("noop", nlohmann::json::object()));
+  }
+  int timed_out = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto burn = f.recorder.wait_for(burns[i]->id_text());
+    CHECK((burn.outcome.ok || burn.outcome.error_code == "timeout"));
+    if (!burn.outcome.ok) ++timed_out;
+    auto noop = f.recorder.wait_for(noops[i]->id_text());
+    CHECK(noop.outcome.ok);
+    CHECK(noop.stopped == workers::StopReason::none);
+  }
+  MESSAGE(timed_out << " of 40 burns timed out");
+}
+
 TEST_CASE("cancelling a running job kills its worker; a queued one is taken back") {
   PoolFixture f(1);
   auto running = f.submit("burn", {{"ms", 10000}});
