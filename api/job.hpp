@@ -60,4 +60,9 @@ struct Job {
 /// The JSON form of a job resource.
 nlohmann::json to_json(const Job& job);
 
+/// Appends the job resource as JSON text to `out`: the same text as `to_json(job).dump()` (keys
+/// in the same order, the same numbers and escapes), written straight out rather than built as
+/// a tree first; every job read or submitted over HTTP goes through it.
+void append_json(std::string& out, const Job& job);
+
 }  // namespace switchyard::api

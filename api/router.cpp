@@ -25,6 +25,34 @@ Response json_response(int status, const nlohmann::json& body) {
   return response;
 }
 
+/// A response whose body is one job resource.
+Response job_response(int status, const Job& job) {
+  Response response;
+  response.status = status;
+  append_json(response.body, job);
+  return response;
+}
+
+/// `{"jobs": [...]}` and, for a listing, its `next_cursor` (the keys in nlohmann::json's order).
+Response jobs_response(int status, const std::vector<Job>& jobs, const std::optional<std::string>* cursor = nullptr) {
+  Response response;
+  response.status = status;
+  std::string& body = response.body;
+  body.reserve(64 + jobs.size() * 512);
+  body += R"({"jobs":[)";
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    if (i > 0) body += ',';
+    append_json(body, jobs[i]);
+  }
+  body += ']';
+  if (cursor != nullptr) {
+    body += R"(,"next_cursor":)";
+    body += *cursor ? dump(nlohmann::json(**cursor)) : std::string("null");
+  }
+  body += '}';
+  return response;
+}
+
 bool method_allowed(std::string_view allow, std::string_view method) {
   std::size_t pos = 0;
   while (pos < allow.size()) {
@@ -63,7 +91,7 @@ std::array<unsigned char, SHA256_DIGEST_LENGTH> sha256(std::string_view text) {
 
 Response accepted_or_done(const Job& job, bool replay, std::optional<std::chrono::milliseconds> waited = {}) {
   const bool terminal = is_terminal(job.status);
-  Response response = json_response(terminal && (replay || waited) ? 200 : 202, to_json(job));
+  Response response = job_response(terminal && (replay || waited) ? 200 : 202, job);
   response.headers.emplace_back("Location", "/v1/jobs/" + job.id);
   if (waited) {
     std::string seconds = std::to_string(waited->count() / 1000);
@@ -371,14 +399,10 @@ boost::asio::awaitable<Response> Router::post_batch(const Request& request) {
   if (result.kind != SubmitResult::Kind::accepted && result.kind != SubmitResult::Kind::replayed) {
     co_return refusal(result);
   }
-  nlohmann::json jobs = nlohmann::json::array();
-  bool all_terminal = true;
-  for (const auto& job : result.jobs) {
-    all_terminal = all_terminal && is_terminal(job.status);
-    jobs.push_back(to_json(job));
-  }
+  const bool all_terminal =
+      std::all_of(result.jobs.begin(), result.jobs.end(), [](const Job& job) { return is_terminal(job.status); });
   const bool replay = result.kind == SubmitResult::Kind::replayed;
-  co_return json_response(replay && all_terminal ? 200 : 202, {{"jobs", std::move(jobs)}});
+  co_return jobs_response(replay && all_terminal ? 200 : 202, result.jobs);
 }
 
 boost::asio::awaitable<Response> Router::get_job(const std::string& id, std::string_view query) {
@@ -393,7 +417,7 @@ boost::asio::awaitable<Response> Router::get_job(const std::string& id, std::str
     job = co_await service_.get(id);
   }
   if (!job) co_return to_response(make_problem(404, "not_found", "no job with this id"));
-  co_return json_response(200, to_json(*job));
+  co_return job_response(200, *job);
 }
 
 boost::asio::awaitable<Response> Router::delete_job(const std::string& id) {
@@ -410,7 +434,7 @@ boost::asio::awaitable<Response> Router::delete_job(const std::string& id) {
     default:
       break;
   }
-  Response response = json_response(200, to_json(*result.job));
+  Response response = job_response(200, *result.job);
   const char* how = result.kind == CancelResult::Kind::dequeued ? "dequeued"
                     : result.kind == CancelResult::Kind::killed ? "killed"
                                                                 : "requested";
@@ -422,10 +446,7 @@ boost::asio::awaitable<Response> Router::list_jobs(std::string_view query) {
   auto parsed = parse_list_query(query);
   if (auto* problem = std::get_if<Problem>(&parsed)) co_return to_response(*problem);
   const ListPage page = co_await service_.list(std::get<ListQuery>(parsed));
-  nlohmann::json jobs = nlohmann::json::array();
-  for (const auto& job : page.jobs) jobs.push_back(to_json(job));
-  co_return json_response(200, {{"jobs", std::move(jobs)},
-                             {"next_cursor", page.next_cursor ? nlohmann::json(*page.next_cursor) : nlohmann::json(nullptr)}});
+  co_return jobs_response(200, page.jobs, &page.next_cursor);
 }
 
 }  // namespace switchyard::api
