@@ -370,8 +370,10 @@ asio::awaitable<bool> Dispatcher::store_durable() {
 
 void Dispatcher::dispatch(const Runs& runs) {
   for (const auto& [run, model] : runs) {
-    log::job(spdlog::level::debug, run->id_text(), "job accepted",
-             {{"type", run->type().name}, {"model", api::to_string(model)}});
+    if (log::enabled(spdlog::level::debug)) {
+      log::job(spdlog::level::debug, run->id_text(), "job accepted",
+               {{"type", run->type().name}, {"model", api::to_string(model)}});
+    }
     if (model == Model::thread) threads_.submit(run);
     else processes_.submit(run);
   }
@@ -485,8 +487,10 @@ void Dispatcher::on_started(workers::Execution& run, std::optional<pid_t> pid) {
   auto& average = recent_queue_wait_s_[static_cast<std::size_t>(model_index(model))];
   const double previous = average.load();
   average.store(previous * 0.9 + (queue_ms / 1000.0) * 0.1);
-  log::job(spdlog::level::trace, run.id_text(), "job started",
-           pid ? nlohmann::json{{"worker_pid", *pid}} : nlohmann::json::object());
+  if (log::enabled(spdlog::level::trace)) {
+    log::job(spdlog::level::trace, run.id_text(), "job started",
+             pid ? nlohmann::json{{"worker_pid", *pid}} : nlohmann::json::object());
+  }
 }
 
 void Dispatcher::on_finished(workers::Execution& run, workers::RunReport report) {
@@ -571,13 +575,15 @@ void Dispatcher::after_finish(Finished finished) {
   }
   metrics_.job_completed(finished.model, finished.type, finished.status, finished.run_ms / 1000.0,
                          finished.cpu_ms / 1000.0);
+  const bool notable = finished.status == JobStatus::failed || finished.status == JobStatus::timed_out;
+  const auto level = notable ? spdlog::level::info : spdlog::level::debug;
+  if (!log::enabled(level)) return;
   nlohmann::json fields = {{"type", finished.type},
                            {"model", api::to_string(finished.model)},
                            {"status", api::to_string(finished.status)},
                            {"run_ms", std::round(finished.run_ms * 1000.0) / 1000.0}};
   if (finished.error) fields["error"] = finished.error->code + ": " + finished.error->message;
-  const bool notable = finished.status == JobStatus::failed || finished.status == JobStatus::timed_out;
-  log::job(notable ? spdlog::level::info : spdlog::level::debug, finished.id, "job finished", fields);
+  log::job(level, finished.id, "job finished", fields);
 }
 
 void Dispatcher::cancel_unstarted(const std::vector<std::shared_ptr<workers::Execution>>& runs,

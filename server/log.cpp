@@ -63,6 +63,10 @@ void write(spdlog::level::level_enum level, std::string_view message, const nloh
 
 }  // namespace
 
+bool enabled(spdlog::level::level_enum level) {
+  return spdlog::default_logger_raw()->should_log(level);
+}
+
 void setup(const std::string& format, const std::string& level) {
   auto logger = std::make_shared<spdlog::logger>("switchyard", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   json_format = format == "json";

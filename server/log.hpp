@@ -15,6 +15,9 @@ void setup(const std::string& format, const std::string& level);
 /// Logs an event with structured fields. Thread-safe.
 void event(spdlog::level::level_enum level, std::string_view message, const nlohmann::json& fields = nlohmann::json::object());
 
+/// True if an event at `level` would be written: lets a hot path skip building its fields.
+bool enabled(spdlog::level::level_enum level);
+
 /// Logs an event about one job: the job id is a field of its own ("job_id").
 void job(spdlog::level::level_enum level, std::string_view job_id, std::string_view message,
          const nlohmann::json& fields = nlohmann::json::object());
