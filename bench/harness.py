@@ -319,6 +319,13 @@ def wrk(url, connections, seconds, script=None):
     return result
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of a process (all its threads, not its children), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # the name may hold spaces; fields after it
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 class ProcSampler(threading.Thread):
     """Samples a process's VmRSS and thread count every ``interval`` s until stopped."""
 

@@ -80,7 +80,8 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
                 {"input", json::parse(options.input)},
                 {"batch", options.batch},
                 {"prefer_wait_s", options.prefer_wait_s},
-                {"submit_first", options.submit_first}};
+                {"submit_first", options.submit_first},
+                {"read_last_first", options.read_last_first}};
   out["jobs"] = {{"started", started},          {"terminal", terminal},
                  {"succeeded", succeeded},      {"not_succeeded", started - succeeded},
                  {"by_status", tally.statuses}, {"per_s", static_cast<double>(terminal) / elapsed_s}};

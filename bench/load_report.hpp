@@ -29,6 +29,7 @@ struct LoadOptions {
   int prefer_wait_s = 0;      // `Prefer: wait=N` on a single submit
   int poll_wait_s = 30;       // `?wait=N` on each long-poll
   bool submit_first = false;  // submit every job, then read them all (jobs in flight at once)
+  bool read_last_first = false;  // with submit_first: long-poll the last job before reading the rest
   // plain mode
   std::string plain_method;
   std::string plain_path = "/healthz";

@@ -268,6 +268,10 @@ void add_options(CLI::App& app, Options& options) {
       ->check(CLI::Range(0, 3600));
   app.add_option("--poll-wait", options.poll_wait_s, "?wait=N seconds on each long-poll")->check(CLI::Range(1, 3600));
   app.add_flag("--submit-first", options.submit_first, "submit every job first, then read them all");
+  app.add_flag("--read-last-first", options.read_last_first,
+               "with --submit-first: each connection reads the last job it submitted first (a long-poll), "
+               "then the rest, so that with -c 1 no read competes with the jobs for the CPU")
+      ->needs("--submit-first");
   app.add_option("--plain", options.plain_method, "plain mode: hammer this method (GET, POST) on --path")
       ->check(CLI::IsMember({"GET", "POST"}));
   app.add_option("--path", options.plain_path, "plain mode: target");
@@ -311,6 +315,13 @@ int main(int argc, char** argv) {
     run_phase(shards, run, &Run::jobs_worker);
     if (options.submit_first) {
       submit_phase_s = seconds_between(start, Clock::now());
+      if (options.read_last_first) {
+        for (auto& shard : shards) {
+          // FIFO: the last job queued ends last (give or take one per worker).
+          if (!shard->to_read.empty())
+            std::rotate(shard->to_read.begin(), shard->to_read.end() - 1, shard->to_read.end());
+        }
+      }
       run_phase(shards, run, &Run::read_worker);
     }
   }

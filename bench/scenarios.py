@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import harness
 import report
-from harness import Nginx, Postgres, ProcSampler, Switchyard, tree_cpu_s, wrk
+from harness import Nginx, Postgres, ProcSampler, Switchyard, cpu_seconds, tree_cpu_s, wrk
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 # A busy machine: big queues so that admission never refuses a benchmark's jobs.
@@ -125,26 +125,50 @@ def scenario_dispatch(ctx):
 
 
 def scenario_cpu(ctx):
-    """3. burn jobs on the process model (one worker per core) against bare forked processes."""
+    """3. burn jobs on the process model (one worker per core) against bare forked processes.
+
+    Two ways to submit the same jobs: one POST with `Prefer: wait` per job from 4 connections
+    per core (every job pays an HTTP round trip on the same cores as the burns), and batches of
+    1,000 from one connection (`--submit-first`; the results are read after the server has
+    drained them, and the wall time is the server's span from the first job created to the last
+    finished). Each is bracketed in time by a bare-fork ceiling before and after it."""
     figures = {}
     with Switchyard(ctx.tools.switchyard, SERVER_FLAGS + ("--process-workers", str(ctx.cores))) as sy:
         for jobs, ms in ctx.plan.cpu_batches:
             key = f"burn{ms}ms"
-            before = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
-            r = ctx.check(f"burn {ms} ms x{jobs}", ctx.tools.loadgen(
-                sy.port, "--type", "burn", "--input", f'{{"ms":{ms}}}', "-c", 4 * ctx.cores, "-n", jobs,
-                "--prefer-wait", 60))
-            after = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")
+            burn = ("--type", "burn", "--input", f'{{"ms":{ms}}}', "-n", jobs)
+
+            def bare():
+                return ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "static")["wall_s"]
+
+            before = bare()
+            cpu_start = cpu_seconds(sy.pid)
+            r = ctx.check(f"burn {ms} ms x{jobs}", ctx.tools.loadgen(sy.port, *burn, "-c", 4 * ctx.cores,
+                                                                     "--prefer-wait", 60))
+            cpu_single = cpu_seconds(sy.pid) - cpu_start
+            between = bare()
+            cpu_start = cpu_seconds(sy.pid)
+            b = ctx.check(f"burn {ms} ms x{jobs} in batches", ctx.tools.loadgen(
+                sy.port, *burn, "-c", 1, "--batch", 1000, "--submit-first", "--read-last-first", "--poll-wait", 30))
+            cpu_batch = cpu_seconds(sy.pid) - cpu_start
+            after = bare()
             piped = ctx.tools.bare_fork("--procs", ctx.cores, "--jobs", jobs, "--ms", ms, "--mode", "pipe")
-            # The ceiling brackets our run in time (before and after), so that a load on the
-            # shared machine that rises or falls during the scenario weighs on both sides alike.
-            bare = {"wall_s": (before["wall_s"] + after["wall_s"]) / 2}
-            figures[f"{key}_wall_s"] = r["elapsed_s"]
-            figures[f"{key}_bare_wall_s"] = bare["wall_s"]
-            figures[f"{key}_pipe_efficiency"] = piped["wall_s"] / r["elapsed_s"]
-            figures[f"{key}_pipe_wall_s"] = piped["wall_s"]
-            figures[f"{key}_efficiency"] = bare["wall_s"] / r["elapsed_s"]
+            # Each ceiling is the mean of the bare runs just before and after the run it
+            # measures, so that a load on the shared machine that rises or falls during the
+            # scenario weighs on both sides alike.
+            bare_single, bare_batch = (before + between) / 2, (between + after) / 2
+            span = b["server_span_s"] if b["server_span_s"] is not None else b["elapsed_s"]
             figures[f"{key}_jobs"] = jobs
+            figures[f"{key}_wall_s"] = r["elapsed_s"]
+            figures[f"{key}_bare_wall_s"] = bare_single
+            figures[f"{key}_efficiency"] = bare_single / r["elapsed_s"]
+            figures[f"{key}_pipe_wall_s"] = piped["wall_s"]
+            figures[f"{key}_pipe_efficiency"] = piped["wall_s"] / r["elapsed_s"]
+            figures[f"{key}_server_cpu_us"] = cpu_single / jobs * 1e6
+            figures[f"{key}_batch_span_s"] = span
+            figures[f"{key}_batch_bare_wall_s"] = bare_batch
+            figures[f"{key}_batch_efficiency"] = bare_batch / span
+            figures[f"{key}_batch_server_cpu_us"] = cpu_batch / jobs * 1e6
     return figures
 
 

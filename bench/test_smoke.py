@@ -55,6 +55,19 @@ def test_batch_submit_first(server):
     assert report["server_span_s"] is not None and report["server_span_s"] >= 0.05, report
 
 
+def test_read_last_first_reads_every_job(server):
+    report = TOOLS.loadgen(server.port, "--type", "burn", "--input", '{"ms":2}', "-n", 150, "--batch", 100,
+                           "-c", 1, "--submit-first", "--read-last-first", "--poll-wait", 10, deadline=60)
+    assert_all_succeeded(report, 150)
+    assert report["job"]["read_last_first"] is True, report
+    assert report["http"]["by_code"] == {"202": 2, "200": 150}, report  # 2 batches, then one read per job
+
+
+def test_read_last_first_needs_submit_first():
+    with pytest.raises(RuntimeError, match="submit-first"):
+        TOOLS.loadgen(1, "--type", "noop", "-n", 1, "--read-last-first", deadline=10)
+
+
 def test_jobs_that_fail_are_counted(server):
     # burn 500 ms with a 50 ms timeout: every job ends timed_out, and the report says so.
     report = TOOLS.loadgen(server.port, "--type", "burn", "--input", '{"ms":500}', "--timeout-ms", 50, "-n", 6,
