@@ -83,7 +83,7 @@ def scenario_http(ctx):
     measured = []
     # Both servers up at once, so that each of our figures is taken right after its ceiling. The
     # same server with one io thread instead of the default two follows, for the comparison (on
-    # 2 cores shared with wrk, two threads on one io_context hand work to each other); it starts
+    # 2 cores shared with wrk, the two threads' wakeups across the cores cost); it starts
     # after the first has stopped, whose process workers are still running the noop jobs that
     # the POSTs queued.
     with Nginx(workers=ctx.cores) as nginx:
