@@ -75,6 +75,12 @@ def e2e(result, key="p99"):
     return result["latency_ms"]["end_to_end"][key]
 
 
+def check_wrk(ctx, label, result):
+    """Records a wrk run that got answers other than 2xx or lost connections."""
+    if result["non_2xx"] or result["socket_errors"]:
+        ctx.problems.append(f"{label}: {result['non_2xx']} non-2xx, {result['socket_errors']} socket errors")
+
+
 def scenario_http(ctx):
     """1. GET /healthz and POST /v1/jobs (noop, no wait) with wrk, against nginx."""
     post_lua = os.path.join(BENCH_DIR, "post_noop.lua")
@@ -83,7 +89,7 @@ def scenario_http(ctx):
     measured = []
     # Both servers up at once, so that each of our figures is taken right after its ceiling. The
     # same server with one io thread instead of the default two follows, for the comparison (on
-    # 2 cores shared with wrk, the two threads' wakeups across the cores cost); it starts
+    # 2 cores shared with wrk, waking each other across the cores costs two threads much); it starts
     # after the first has stopped, whose process workers are still running the noop jobs that
     # the POSTs queued.
     with Nginx(workers=ctx.cores) as nginx:
@@ -98,17 +104,14 @@ def scenario_http(ctx):
                 one_thread = wrk(f"http://127.0.0.1:{single.port}{path}", p.wrk_connections, p.wrk_s, script)
                 figures[f"http_{name}_io1_rps"] = one_thread["rps"]
                 figures[f"http_{name}_io1_ratio"] = one_thread["rps"] / ceiling["rps"]
-                if one_thread["non_2xx"] or one_thread["socket_errors"]:
-                    ctx.problems.append(f"wrk {name}, --io-threads 1: {one_thread['non_2xx']} non-2xx, "
-                                        f"{one_thread['socket_errors']} socket errors")
+                check_wrk(ctx, f"wrk {name}, --io-threads 1", one_thread)
     for name, ours, ceiling in measured:
         figures[f"http_{name}_rps"] = ours["rps"]
         figures[f"http_{name}_nginx_rps"] = ceiling["rps"]
         figures[f"http_{name}_ratio"] = ours["rps"] / ceiling["rps"]
         figures[f"http_{name}_p99_ms"] = ours["p99"]
         figures[f"http_{name}_nginx_p99_ms"] = ceiling["p99"]
-        if ours["non_2xx"] or ours["socket_errors"]:
-            ctx.problems.append(f"wrk {name}: {ours['non_2xx']} non-2xx, {ours['socket_errors']} socket errors")
+        check_wrk(ctx, f"wrk {name}", ours)
     return figures
 
 
@@ -292,9 +295,7 @@ def scenario_stores(ctx):
                 sy.port, "--type", "noop", "--model", "thread", "-c", 16, "-n", p.sweep_jobs,
                 "-d", p.sweep_s, "--prefer-wait", 10))
             posted = wrk(f"http://127.0.0.1:{sy.port}/v1/jobs", p.wrk_connections, p.wrk_s, post_lua)
-            if posted["non_2xx"] or posted["socket_errors"]:
-                ctx.problems.append(f"wrk store {name}: {posted['non_2xx']} non-2xx, "
-                                    f"{posted['socket_errors']} socket errors")
+            check_wrk(ctx, f"wrk store {name}", posted)
         figures[f"store_{name}_post_rps"] = posted["rps"]
         figures[f"store_{name}_post_p99_ms"] = posted["p99"]
         figures[f"store_{name}_noop_jobs_s"] = r["jobs"]["per_s"]
