@@ -65,28 +65,54 @@ struct ReadFrame {
   std::string problem;
 };
 
+/// Reads one frame. A worker sends nothing until asked, then exactly one frame: so the reader
+/// waits until the socket is readable and then takes whatever has arrived in one call, usually
+/// the whole frame. (A read attempted at once would find nothing, and reading the header and
+/// the payload separately costs another system call.) The socket must be in non-blocking mode.
 asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& socket) {
+  constexpr std::size_t kFirstRead = 4096;
   ReadFrame frame;
-  std::array<std::uint8_t, kFrameHeaderSize> bytes{};
-  auto [read_error, n] = co_await asio::async_read(socket, asio::buffer(bytes), asio::as_tuple(asio::use_awaitable));
-  if (read_error) {
-    frame.problem = read_error.message();
-    co_return frame;
+  std::string bytes(kFirstRead, '\0');
+  std::size_t have = 0;
+  std::size_t need = kFrameHeaderSize;
+  bool header_read = false;
+  bool wait = true;  // the answer takes a while: no point reading before the socket is readable
+  while (!header_read || have < need) {
+    if (wait) {
+      auto [wait_error] = co_await socket.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
+      if (wait_error) {
+        frame.problem = wait_error.message();
+        co_return frame;
+      }
+    }
+    boost::system::error_code read_error;
+    have += socket.read_some(asio::buffer(bytes.data() + have, bytes.size() - have), read_error);
+    wait = read_error == asio::error::would_block;  // after a read, more may have arrived already
+    if (wait) continue;
+    if (read_error) {
+      frame.problem = read_error.message();  // "End of file" when the worker is gone
+      co_return frame;
+    }
+    if (!header_read && have >= kFrameHeaderSize) {
+      const auto decoded = decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize>(
+          reinterpret_cast<const std::uint8_t*>(bytes.data()), kFrameHeaderSize));
+      if (!decoded.header) {
+        frame.protocol_error = true;
+        frame.problem = std::string("malformed frame header: ") + std::string(to_string(decoded.error));
+        co_return frame;
+      }
+      frame.header = *decoded.header;
+      header_read = true;
+      need = kFrameHeaderSize + frame.header.length;
+    }
+    if (header_read && bytes.size() < need) bytes.resize(need);
   }
-  const auto decoded = decode_frame_header(bytes);
-  if (!decoded.header) {
+  if (have > need) {
     frame.protocol_error = true;
-    frame.problem = std::string("malformed frame header: ") + std::string(to_string(decoded.error));
+    frame.problem = std::to_string(have - need) + " bytes followed the frame unasked";
     co_return frame;
   }
-  frame.header = *decoded.header;
-  frame.payload.resize(frame.header.length);
-  auto [payload_error, m] =
-      co_await asio::async_read(socket, asio::buffer(frame.payload), asio::as_tuple(asio::use_awaitable));
-  if (payload_error) {
-    frame.problem = payload_error.message();
-    co_return frame;
-  }
+  frame.payload.assign(bytes, kFrameHeaderSize, frame.header.length);
   frame.ok = true;
   co_return frame;
 }
@@ -214,6 +240,7 @@ class ProcessPool::Slot {
     });
     socket_ = asio::local::stream_protocol::socket(strand_);
     socket_.assign(asio::local::stream_protocol(), fds[0]);
+    socket_.non_blocking(true);  // read_frame reads only once the socket is readable
 
     asio::steady_timer deadline(strand_, pool_.options_.boot_timeout);
     auto first = co_await (read_frame(socket_) || deadline.async_wait(asio::use_awaitable));

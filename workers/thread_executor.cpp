@@ -31,7 +31,21 @@ struct ThreadRun {
   bool done = false;  // on the strand only: once set, the coroutine is gone and nothing may emit
 };
 
-asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserver& observer) {
+/// Closes a job's CpuMeter when the job's coroutine body ends, however it ends.
+struct MeterCloser {
+  explicit MeterCloser(std::shared_ptr<CpuMeter> m) noexcept : meter(std::move(m)) {}
+  MeterCloser(const MeterCloser&) = delete;
+  MeterCloser& operator=(const MeterCloser&) = delete;
+  ~MeterCloser() { meter->close(); }
+
+  std::shared_ptr<CpuMeter> meter;  // shared: frames torn down at shutdown may outlive the run's state
+};
+
+asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserver& observer,
+                                 std::shared_ptr<CpuMeter> meter) {
+  // Co_spawn hands the outcome over in one more stretch on the executor; that stretch is
+  // bookkeeping, not the job's work, and is left unmetered.
+  const MeterCloser closer{std::move(meter)};
   const JobType& type = run->type();
   observer.on_started(*run, std::nullopt);  // here, not in start(): never under the executor's lock
   if (run->stop_flag().stop_requested()) co_return Outcome::failure("cancelled", "stopped before it started");
@@ -109,7 +123,7 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
   // The coroutine runs on the job's strand through a metering adapter, so cpu_ms is this job's
   // own CPU time. The end is posted to the same strand: it then runs after the last metered
   // stretch has been added up.
-  asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_),
+  asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_, state->meter),
                  asio::bind_cancellation_slot(
                      state->cancel.slot(), [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
                        // On the strand, at once: from here on no stop may reach the finished

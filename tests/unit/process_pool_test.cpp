@@ -51,15 +51,46 @@ class Recorder final : public workers::ExecutionObserver {
   std::vector<workers::RestartReason> restarts;
 };
 
+/// A stand-in worker in Python that speaks the frame protocol on fd 3 and misbehaves on purpose,
+/// as its first argument says: "split" writes each result (over 100 KB) in small pieces, "trailing"
+/// writes bytes after its result frame, "bad_magic" spoils the result's header.
+constexpr const char* kFakeWorker = R"PY(
+import json, os, struct, sys, time
+mode = sys.argv[1]
+def frame(kind, job, payload):
+    return struct.pack("<IBBBBI", 0x44595753, 1, kind, 0, 0, len(payload)) + job + payload
+def read_exact(n):
+    data = b""
+    while len(data) < n:
+        chunk = os.read(3, n - len(data))
+        if not chunk:
+            sys.exit(0)
+        data += chunk
+    return data
+os.write(3, frame(1, bytes(16), json.dumps({"pid": os.getpid(), "cpu_total_ms": 0}).encode()))
+while True:
+    header = read_exact(28)
+    read_exact(struct.unpack_from("<I", header, 8)[0])
+    result = {"mode": mode, "pad": "x" * 100000} if mode == "split" else {"mode": mode}
+    reply = frame(3, header[12:28], json.dumps({"ok": True, "result": result, "cpu_ms": 0, "cpu_total_ms": 0}).encode())
+    if mode == "split":
+        for at in range(0, len(reply), 7000):
+            os.write(3, reply[at:at + 7000])
+            time.sleep(0.002)
+    elif mode == "trailing":
+        os.write(3, reply + b"extra")
+    else:
+        os.write(3, b"XXXX" + reply[4:])
+)PY";
+
 struct PoolFixture {
-  explicit PoolFixture(int workers) : catalogue(workers::make_builtin_catalogue(builtin())) {
+  explicit PoolFixture(int workers) : PoolFixture(workers, SWITCHYARD_BINARY, real_worker_arguments()) {}
+  PoolFixture(int workers, std::string executable, std::vector<std::string> arguments)
+      : catalogue(workers::make_builtin_catalogue(builtin())) {
     workers::PoolOptions options;
     options.workers = workers;
-    options.executable = SWITCHYARD_BINARY;
-    workers::WorkerOptions worker;
-    worker.parent = ::getpid();
-    worker.builtin = builtin();
-    options.worker_args = server::worker_arguments(worker);
+    options.executable = std::move(executable);
+    options.worker_args = std::move(arguments);
     pool = std::make_unique<workers::ProcessPool>(context, options, recorder);
     pool->start();
     for (int i = 0; i < 2; ++i) threads.emplace_back([this] { context.run(); });
@@ -75,6 +106,12 @@ struct PoolFixture {
     CHECK(pool->stopped());
     context.stop();
     for (auto& t : threads) t.join();
+  }
+  static std::vector<std::string> real_worker_arguments() {
+    workers::WorkerOptions worker;
+    worker.parent = ::getpid();
+    worker.builtin = builtin();
+    return server::worker_arguments(worker);
   }
   static workers::BuiltinOptions builtin() {
     workers::BuiltinOptions o;
@@ -186,4 +223,35 @@ TEST_CASE("two workers run two jobs at once in different processes") {
   CHECK(ra.outcome.ok);
   CHECK(rb.outcome.ok);
   CHECK(ra.worker_pid != rb.worker_pid);
+}
+
+TEST_CASE("a result written in small pieces is read whole") {
+  PoolFixture f(1, "/usr/bin/python3", {"-c", kFakeWorker, "split"});
+  auto a = f.submit("noop", nlohmann::json::object());
+  auto report = f.recorder.wait_for(a->id_text());
+  REQUIRE(report.outcome.ok);
+  CHECK(report.outcome.result["mode"] == "split");
+  CHECK(report.outcome.result["pad"].get<std::string>().size() == 100000);
+  auto b = f.submit("noop", nlohmann::json::object());  // the same worker, nothing left over
+  CHECK(f.recorder.wait_for(b->id_text()).outcome.ok);
+  CHECK(f.recorder.wait_for(b->id_text()).worker_pid == report.worker_pid);
+}
+
+TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
+  for (const std::string mode : {"trailing", "bad_magic"}) {
+    CAPTURE(mode);
+    PoolFixture f(1, "/usr/bin/python3", {"-c", kFakeWorker, mode});
+    auto a = f.submit("noop", nlohmann::json::object());
+    auto report = f.recorder.wait_for(a->id_text());
+    CHECK_FALSE(report.outcome.ok);
+    CHECK(report.outcome.error_code == "worker_protocol_error");
+    CHECK(report.outcome.error_message ==
+          (mode == "trailing" ? "5 bytes followed the frame unasked" : "malformed frame header: bad magic"));
+    REQUIRE(report.worker_pid);
+    CHECK_FALSE(alive(*report.worker_pid));
+    auto b = f.submit("noop", nlohmann::json::object());  // a new worker (as faulty) takes it
+    auto next = f.recorder.wait_for(b->id_text());
+    CHECK(next.outcome.error_code == "worker_protocol_error");
+    CHECK(next.worker_pid != report.worker_pid);
+  }
 }

@@ -1,0 +1,48 @@
+#include <doctest/doctest.h>
+
+#include <memory>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
+
+#include "workers/cpu_time.hpp"
+#include "workers/metered_executor.hpp"
+
+using namespace switchyard;
+
+namespace {
+
+void burn_cpu_ms(double ms) {
+  const double start = workers::thread_cpu_ms();
+  while (workers::thread_cpu_ms() - start < ms) {
+  }
+}
+
+}  // namespace
+
+TEST_CASE("MeteredExecutor charges each queued function's CPU time until the meter is closed") {
+  boost::asio::io_context context;
+  auto meter = std::make_shared<workers::CpuMeter>();
+  const workers::MeteredExecutor executor(boost::asio::make_strand(context), meter);
+
+  executor.execute([] { burn_cpu_ms(20); });
+  executor.execute([] { burn_cpu_ms(10); });
+  CHECK(meter->total_ms() == 0);  // queued, not run inline: the caller is outside the strand
+  context.run();
+  const double charged = meter->total_ms();
+  CHECK(charged >= 30);
+  CHECK(charged < 300);
+  CHECK(meter->open());
+
+  meter->close();
+  CHECK_FALSE(meter->open());
+  bool ran = false;
+  executor.execute([&ran] {
+    burn_cpu_ms(10);
+    ran = true;
+  });
+  context.restart();
+  context.run();
+  CHECK(ran);
+  CHECK(meter->total_ms() == charged);  // run, but no longer timed or charged
+}
