@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "server/connection_deadline.hpp"
 #include "server/log.hpp"
 
 namespace switchyard::server {
@@ -204,13 +205,12 @@ asio::awaitable<void> HttpServer::accept_loop() {
       co_await pause.async_wait(kUseTuple);
       continue;
     }
-    beast::tcp_stream stream(std::move(socket));
-    auto executor = stream.get_executor();
+    auto executor = socket.get_executor();
     if (connections_.fetch_add(1) >= options_.max_connections) {
-      asio::co_spawn(executor, refuse(std::move(stream)), asio::detached);
+      asio::co_spawn(executor, refuse(std::move(socket)), asio::detached);
       continue;
     }
-    asio::co_spawn(executor, session(std::move(stream)), [this](std::exception_ptr failure) {
+    asio::co_spawn(executor, session(std::move(socket)), [this](std::exception_ptr failure) {
       connections_.fetch_sub(1);
       if (failure) {
         try {
@@ -223,34 +223,38 @@ asio::awaitable<void> HttpServer::accept_loop() {
   }
 }
 
-asio::awaitable<void> HttpServer::refuse(beast::tcp_stream stream) {
+asio::awaitable<void> HttpServer::refuse(tcp::socket socket) {
   api::Problem problem = api::make_problem(503, "too_many_connections", "the server has too many open connections");
   problem.headers.emplace_back("Retry-After", "1");
   auto response = to_beast(api::to_response(problem), 11, false, false);
-  stream.expires_after(std::chrono::seconds(2));
-  co_await http::async_write(stream, response, kUseTuple);
+  {
+    ConnectionDeadline deadline(socket);
+    deadline.expires_after(std::chrono::seconds(2));
+    co_await http::async_write(socket, response, kUseTuple);
+  }
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
   connections_.fetch_sub(1);
 }
 
-asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
+asio::awaitable<void> HttpServer::session(tcp::socket socket) {
+  ConnectionDeadline deadline(socket);
   beast::flat_buffer buffer;
   for (;;) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(options_.max_header_bytes));
     parser.body_limit(options_.max_body_bytes);
-    stream.expires_after(options_.read_timeout);
-    auto [read_error, bytes] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+    deadline.expires_after(options_.read_timeout);
+    auto [read_error, bytes] = co_await http::async_read_header(socket, buffer, parser, kUseTuple);
     std::optional<api::Problem> problem;
     if (!read_error) problem = check_request_head(parser.get());  // before any body byte is read
     if (!read_error && !problem && !parser.is_done()) {
       // curl and others send "Expect: 100-continue" with larger bodies and pause until told to go.
       if (auto expect = parser.get()[http::field::expect]; api::iequals(expect, "100-continue")) {
         http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
-        co_await http::async_write(stream, go_on, kUseTuple);
+        co_await http::async_write(socket, go_on, kUseTuple);
       }
-      std::tie(read_error, bytes) = co_await http::async_read(stream, buffer, parser, kUseTuple);
+      std::tie(read_error, bytes) = co_await http::async_read(socket, buffer, parser, kUseTuple);
     }
     if (read_error == http::error::end_of_stream) break;
     const auto started = std::chrono::steady_clock::now();
@@ -267,9 +271,9 @@ asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
     }
     if (read_error || problem) {
       if (!problem) break;
-      stream.expires_after(options_.write_timeout);
+      deadline.expires_after(options_.write_timeout);
       auto response = to_beast(api::to_response(*problem), 11, false, false);
-      co_await http::async_write(stream, response, kUseTuple);
+      co_await http::async_write(socket, response, kUseTuple);
       metrics_.http_request("unknown", "unmatched", problem->status,
                             std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
       break;
@@ -285,20 +289,20 @@ asio::awaitable<void> HttpServer::session(beast::tcp_stream stream) {
     const unsigned version = message.version();
     const bool head = request.method == "HEAD";
 
-    stream.expires_never();  // a long-poll may legitimately take up to the wait cap
+    deadline.expires_never();  // a long-poll may legitimately take up to the wait cap
     api::Response answer = co_await router_.handle(std::move(request));
     const int status = answer.status;
     const std::string route = std::move(answer.route);
     auto response = to_beast(std::move(answer), version, keep_alive, head);
     const std::string wire = serialize(response);
-    stream.expires_after(options_.write_timeout);
-    auto [write_error, written] = co_await asio::async_write(stream, asio::buffer(wire), kUseTuple);
+    deadline.expires_after(options_.write_timeout);
+    auto [write_error, written] = co_await asio::async_write(socket, asio::buffer(wire), kUseTuple);
     metrics_.http_request(method_label(message.method()), route, status,
                           std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     if (write_error || !keep_alive) break;
   }
   beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  socket.shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 }  // namespace switchyard::server

@@ -8,7 +8,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 
 #include "api/router.hpp"
 #include "server/metrics.hpp"
@@ -25,8 +24,9 @@ struct HttpOptions {
 };
 
 /// HTTP/1.1 on Boost.Beast: one coroutine per connection (on its own strand), a deadline on
-/// every read and write, header and body limits, keep-alive, and pipelined requests answered in
-/// order (requests are read and answered one at a time, so nothing piles up).
+/// reading each request and on writing each response, header and body limits, keep-alive, and
+/// pipelined requests answered in order (requests are read and answered one at a time, so
+/// nothing piles up).
 /// Thread-safety: start() and stop() may be called from any thread.
 class HttpServer {
  public:
@@ -43,8 +43,8 @@ class HttpServer {
 
  private:
   boost::asio::awaitable<void> accept_loop();
-  boost::asio::awaitable<void> session(boost::beast::tcp_stream stream);
-  boost::asio::awaitable<void> refuse(boost::beast::tcp_stream stream);
+  boost::asio::awaitable<void> session(boost::asio::ip::tcp::socket socket);
+  boost::asio::awaitable<void> refuse(boost::asio::ip::tcp::socket socket);
 
   boost::asio::io_context& context_;
   HttpOptions options_;
