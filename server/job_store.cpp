@@ -12,18 +12,19 @@ MemoryJobStore::MemoryJobStore(std::size_t retain_terminal) : retain_terminal_(r
 
 void MemoryJobStore::insert(api::Job job) {
   auto id = job.id;
-  jobs_.emplace(std::move(id), std::move(job));
+  const auto [it, inserted] = jobs_.emplace(std::move(id), std::move(job));
+  if (inserted) by_id_.emplace(it->first, it);  // the view is of the map's own key, which stays put
 }
 
 const api::Job* MemoryJobStore::find(const std::string& id) const {
-  auto it = jobs_.find(id);
-  return it == jobs_.end() ? nullptr : &it->second;
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : &it->second->second;
 }
 
 bool MemoryJobStore::update(const std::string& id, const std::function<void(api::Job&)>& change) {
-  auto it = jobs_.find(id);
-  if (it == jobs_.end()) return false;
-  change(it->second);
+  auto it = by_id_.find(id);
+  if (it == by_id_.end()) return false;
+  change(it->second->second);
   return true;
 }
 
@@ -47,7 +48,11 @@ Evicted MemoryJobStore::expire(api::TimePoint cutoff) {
 void MemoryJobStore::evict_oldest(Evicted& evicted) {
   std::string victim = std::move(finished_order_.front());
   finished_order_.pop_front();
-  jobs_.erase(victim);
+  if (auto found = by_id_.find(victim); found != by_id_.end()) {
+    const auto node = found->second;
+    by_id_.erase(found);  // first: its key is a view of the node's
+    jobs_.erase(node);
+  }
   if (auto key = key_of_job_.find(victim); key != key_of_job_.end()) {
     // The key goes with the first of its jobs to go: a replay must return every job it made.
     if (auto record = keys_.find(key->second); record != keys_.end()) {

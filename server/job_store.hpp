@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -139,6 +140,8 @@ class SharedQueue {
 class MemoryJobStore final : public JobStore {
  public:
   explicit MemoryJobStore(std::size_t retain_terminal);
+  MemoryJobStore(const MemoryJobStore&) = delete;  // by_id_ points into jobs_
+  MemoryJobStore& operator=(const MemoryJobStore&) = delete;
 
   void insert(api::Job job) override;
   [[nodiscard]] const api::Job* find(const std::string& id) const override;
@@ -155,7 +158,10 @@ class MemoryJobStore final : public JobStore {
   void evict_oldest(Evicted& evicted);
 
   std::size_t retain_terminal_;
-  std::map<std::string, api::Job> jobs_;        // by id: creation order
+  std::map<std::string, api::Job> jobs_;  // by id: creation order, for listing
+  // The same jobs by id, hashed, for the lookups every job makes on its way: ids are UUIDv7,
+  // whose shared timestamp prefixes made each comparison in the ordered map a long memcmp.
+  std::unordered_map<std::string_view, std::map<std::string, api::Job>::iterator> by_id_;
   std::deque<std::string> finished_order_;      // terminal jobs, oldest-finished first
   std::unordered_map<std::string, IdempotencyRecord> keys_;
   std::unordered_map<std::string, std::string> key_of_job_;
