@@ -35,9 +35,9 @@ class CpuMeter {
 };
 
 /// An executor adapter that runs every function on `Inner` and charges the thread CPU time it
-/// takes to a CpuMeter, until the meter is closed. A coroutine spawned on it, and every operation it starts from
-/// `this_coro::executor`, resumes through it: so a job's cpu_ms counts its own work only, not the
-/// other coroutines that share the io threads while it waits.
+/// takes to a CpuMeter, until the meter is closed. A coroutine spawned on it, and every
+/// operation it starts from `this_coro::executor`, resumes through it: so a job's cpu_ms counts
+/// its own work only, not the other coroutines that share the io threads while it waits.
 /// Like a strand, it runs a function inline when asked to (blocking.possibly, as dispatch does)
 /// and the caller is already inside Inner; Asio relies on that, e.g. to deliver a cancellation
 /// while the operation it targets still exists. Thread-safety: like Inner.

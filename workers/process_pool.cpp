@@ -77,7 +77,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   std::size_t need = kFrameHeaderSize;
   bool header_read = false;
   bool wait = true;  // the answer takes a while: no point reading before the socket is readable
-  while (!header_read || have < need) {
+  while (have < need) {  // need grows from the header to the whole frame once the header is read
     if (wait) {
       auto [wait_error] = co_await socket.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
       if (wait_error) {

@@ -233,8 +233,9 @@ TEST_CASE("a result written in small pieces is read whole") {
   CHECK(report.outcome.result["mode"] == "split");
   CHECK(report.outcome.result["pad"].get<std::string>().size() == 100000);
   auto b = f.submit("noop", nlohmann::json::object());  // the same worker, nothing left over
-  CHECK(f.recorder.wait_for(b->id_text()).outcome.ok);
-  CHECK(f.recorder.wait_for(b->id_text()).worker_pid == report.worker_pid);
+  const auto next = f.recorder.wait_for(b->id_text());
+  CHECK(next.outcome.ok);
+  CHECK(next.worker_pid == report.worker_pid);
 }
 
 TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
