@@ -18,6 +18,7 @@ build_pkgs=(
   nlohmann-json3-dev prometheus-cpp-dev doctest-dev libssl-dev
   libcli11-dev libspdlog-dev libfmt-dev libvalijson-dev libseccomp-dev libsqlite3-dev libpq-dev
   libjemalloc-dev
+  python3  # the unit tests' stand-in worker (tests/unit/process_pool_test.cpp); the image runs them too
 )
 test_pkgs=(curl python3 python3-pytest python3-yaml procps postgresql)
 # The dnsname CNI plugin: containers on a compose network find each other by service name
