@@ -16,23 +16,23 @@ constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 }  // namespace
 
 HttpConnection::HttpConnection(asio::any_io_executor executor, asio::ip::tcp::endpoint endpoint)
-    : stream_(std::move(executor)), endpoint_(std::move(endpoint)) {}
+    : socket_(std::move(executor)), endpoint_(std::move(endpoint)) {}
 
 void HttpConnection::close() {
   beast::error_code ignored;
-  stream_.socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-  stream_.close();
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
   buffer_.clear();
   open_ = false;
 }
 
 asio::awaitable<beast::error_code> HttpConnection::ensure_connected(std::chrono::milliseconds timeout) {
   if (open_) co_return beast::error_code{};
-  stream_.expires_after(timeout);
-  auto [error] = co_await stream_.async_connect(endpoint_, kUseTuple);
+  deadline_.expires_after(timeout);
+  auto [error] = co_await socket_.async_connect(endpoint_, kUseTuple);
   if (error) co_return error;
   // Small requests and responses: Nagle would add a delayed-ACK round trip to each one.
-  stream_.socket().set_option(asio::ip::tcp::no_delay(true), error);
+  socket_.set_option(asio::ip::tcp::no_delay(true), error);
   open_ = true;
   ++connects_;
   co_return error;
@@ -42,17 +42,19 @@ asio::awaitable<Exchange> HttpConnection::try_exchange(const Request& request, s
   Exchange result;
   const auto start = Clock::now();
   if (auto error = co_await ensure_connected(timeout)) {
+    deadline_.expires_never();
     result.error = error;
     co_return result;
   }
-  stream_.expires_after(timeout);
-  auto [write_error, written] = co_await http::async_write(stream_, request, kUseTuple);
+  deadline_.expires_after(timeout);
+  auto [write_error, written] = co_await http::async_write(socket_, request, kUseTuple);
   if (!write_error) {
-    auto [read_error, read] = co_await http::async_read(stream_, buffer_, result.response, kUseTuple);
+    auto [read_error, read] = co_await http::async_read(socket_, buffer_, result.response, kUseTuple);
     result.error = read_error;
   } else {
     result.error = write_error;
   }
+  deadline_.expires_never();  // an idle connection stays open, as with a keep-alive client
   result.elapsed = Clock::now() - start;
   if (result.error || !result.response.keep_alive()) close();
   co_return result;

@@ -16,7 +16,6 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -229,7 +228,8 @@ void run_phase(std::vector<std::unique_ptr<Shard>>& shards, Run& run, Worker wor
   for (auto& shard : shards) {
     shard->context.restart();
     for (auto& connection : shard->connections) {
-      asio::co_spawn(shard->context, (run.*worker)(*shard, *connection), asio::detached);
+      asio::co_spawn(shard->context, (run.*worker)(*shard, *connection),
+                     [connection = connection.get()](const std::exception_ptr&) { connection->idle(); });
     }
     threads.emplace_back([&context = shard->context] { context.run(); });
   }

@@ -29,6 +29,14 @@ class ConnectionDeadline {
   void expires_after(Clock::duration timeout) { set(Clock::now() + timeout); }
   void expires_never() { state_->deadline = Clock::time_point::max(); }
 
+  /// Also ends the pending wait, if any: an io_context with nothing else to do can then return
+  /// from run(). (expires_never() leaves the wait pending; it ends at the old deadline.)
+  void cancel() {
+    expires_never();
+    state_->armed = false;
+    state_->timer.cancel();
+  }
+
  private:
   struct State {
     explicit State(boost::asio::ip::tcp::socket& s) : socket(&s), timer(s.get_executor()) {}

@@ -124,3 +124,18 @@ TEST_CASE("a connection that ends before its deadline is left alone") {
   CHECK(fired);
   CHECK(c.server.is_open());
 }
+
+TEST_CASE("cancel ends the pending wait at once, and a deadline set afterwards is enforced") {
+  Connection c;
+  c.deadline->expires_after(60s);
+  c.deadline->cancel();
+  const auto before = Clock::now();
+  c.context.run_for(10s);  // returns as soon as nothing is left to wait for
+  CHECK(Clock::now() - before < 2s);
+  CHECK(c.server.is_open());
+
+  c.context.restart();
+  c.started = Clock::now();
+  c.deadline->expires_after(100ms);
+  c.expect_cut(95ms);
+}
