@@ -71,6 +71,7 @@ struct ReadFrame {
 /// the payload separately costs another system call.) The socket must be in non-blocking mode.
 asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& socket) {
   constexpr std::size_t kFirstRead = 4096;
+  constexpr std::size_t kSlack = 64;
   ReadFrame frame;
   std::string bytes(kFirstRead, '\0');
   std::size_t have = 0;
@@ -105,14 +106,18 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
       header_read = true;
       need = kFrameHeaderSize + frame.header.length;
     }
-    if (header_read && bytes.size() < need) bytes.resize(need);
+    // Room for a few bytes past the frame too, so that bytes a worker sent after a large frame
+    // are caught here, on its own job, as they are after a small one, not on its next job.
+    if (header_read && bytes.size() < need + kSlack) bytes.resize(need + kSlack);
   }
   if (have > need) {
     frame.protocol_error = true;
     frame.problem = std::to_string(have - need) + " bytes followed the frame unasked";
     co_return frame;
   }
-  frame.payload.assign(bytes, kFrameHeaderSize, frame.header.length);
+  bytes.resize(need);
+  bytes.erase(0, kFrameHeaderSize);  // in place: the buffer becomes the payload, no second allocation
+  frame.payload = std::move(bytes);
   frame.ok = true;
   co_return frame;
 }

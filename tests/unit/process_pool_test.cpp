@@ -53,7 +53,8 @@ class Recorder final : public workers::ExecutionObserver {
 
 /// A stand-in worker in Python that speaks the frame protocol on fd 3 and misbehaves on purpose,
 /// as its first argument says: "split" writes each result (over 100 KB) in small pieces, "trailing"
-/// writes bytes after its result frame, "bad_magic" spoils the result's header.
+/// writes bytes after its result frame ("trailing_large": after a 10 KB one), "bad_magic" spoils
+/// the result's header.
 constexpr const char* kFakeWorker = R"PY(
 import json, os, struct, sys, time
 mode = sys.argv[1]
@@ -71,13 +72,14 @@ os.write(3, frame(1, bytes(16), json.dumps({"pid": os.getpid(), "cpu_total_ms": 
 while True:
     header = read_exact(28)
     read_exact(struct.unpack_from("<I", header, 8)[0])
-    result = {"mode": mode, "pad": "x" * 100000} if mode == "split" else {"mode": mode}
+    pads = {"split": 100000, "trailing_large": 10000}
+    result = {"mode": mode, "pad": "x" * pads.get(mode, 0)}
     reply = frame(3, header[12:28], json.dumps({"ok": True, "result": result, "cpu_ms": 0, "cpu_total_ms": 0}).encode())
     if mode == "split":
         for at in range(0, len(reply), 7000):
             os.write(3, reply[at:at + 7000])
             time.sleep(0.002)
-    elif mode == "trailing":
+    elif mode in ("trailing", "trailing_large"):
         os.write(3, reply + b"extra")
     else:
         os.write(3, b"XXXX" + reply[4:])
@@ -239,7 +241,8 @@ TEST_CASE("a result written in small pieces is read whole") {
 }
 
 TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
-  for (const std::string mode : {"trailing", "bad_magic"}) {
+  // trailing_large: the bytes come after a frame larger than the reader's first buffer.
+  for (const std::string mode : {"trailing", "trailing_large", "bad_magic"}) {
     CAPTURE(mode);
     PoolFixture f(1, "/usr/bin/python3", {"-c", kFakeWorker, mode});
     auto a = f.submit("noop", nlohmann::json::object());
@@ -247,7 +250,7 @@ TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
     CHECK_FALSE(report.outcome.ok);
     CHECK(report.outcome.error_code == "worker_protocol_error");
     CHECK(report.outcome.error_message ==
-          (mode == "trailing" ? "5 bytes followed the frame unasked" : "malformed frame header: bad magic"));
+          (mode == "bad_magic" ? "malformed frame header: bad magic" : "5 bytes followed the frame unasked"));
     REQUIRE(report.worker_pid);
     CHECK_FALSE(alive(*report.worker_pid));
     auto b = f.submit("noop", nlohmann::json::object());  // a new worker (as faulty) takes it
