@@ -13,25 +13,47 @@
 
 namespace switchyard::workers {
 
-/// Accumulated CPU time of one job's handlers. Thread-safe.
+/// Accumulated CPU time of one job's handlers, added up stretch by stretch: a stretch is one
+/// run of a handler, from begin() to end(). Stretches of one meter never overlap (the job's
+/// handlers run on one strand); total_ms() may be read from any thread.
 class CpuMeter {
  public:
+  /// A stretch starts; `now_ms` is the thread CPU clock.
+  void begin(double now_ms) noexcept {
+    stretch_start_ms_ = now_ms;
+    in_stretch_ = true;
+  }
+
+  /// The stretch begun last ends; its CPU time is charged.
+  void end(double now_ms) noexcept {
+    in_stretch_ = false;
+    add(now_ms - stretch_start_ms_);
+  }
+
+  [[nodiscard]] double total_ms() const noexcept { return total_.load(std::memory_order_relaxed); }
+
+  /// Ends the metering once the job's own work is over, from inside the job's last stretch:
+  /// that stretch is charged up to here, so total_ms() is final at once, and the rest of it
+  /// (the executor's bookkeeping after the coroutine returned) is not charged, nor is any later
+  /// stretch timed. Each stretch costs two reads of the thread CPU clock, a system call each.
+  void close() noexcept {
+    if (!open()) return;
+    if (in_stretch_) end(thread_cpu_ms());
+    open_.store(false, std::memory_order_relaxed);
+  }
+  [[nodiscard]] bool open() const noexcept { return open_.load(std::memory_order_relaxed); }
+
+ private:
   void add(double ms) noexcept {
     double seen = total_.load(std::memory_order_relaxed);
     while (!total_.compare_exchange_weak(seen, seen + ms, std::memory_order_relaxed)) {
     }
   }
-  [[nodiscard]] double total_ms() const noexcept { return total_.load(std::memory_order_relaxed); }
 
-  /// Ends the metering once the job's own work is over: stretches that start later (the
-  /// executor's bookkeeping after the coroutine returned) are neither timed nor charged. Each
-  /// stretch costs two reads of the thread CPU clock, and each read is a system call.
-  void close() noexcept { open_.store(false, std::memory_order_relaxed); }
-  [[nodiscard]] bool open() const noexcept { return open_.load(std::memory_order_relaxed); }
-
- private:
   std::atomic<double> total_{0};
   std::atomic<bool> open_{true};
+  double stretch_start_ms_ = 0;  // of the stretch under way, if in_stretch_
+  bool in_stretch_ = false;      // false too while the job runs inline in an unmetered handler
 };
 
 /// An executor adapter that runs every function on `Inner` and charges the thread CPU time it
@@ -86,9 +108,9 @@ class MeteredExecutor {
             f();
             return;
           }
-          const double before = thread_cpu_ms();
+          meter->begin(thread_cpu_ms());
           f();
-          meter->add(thread_cpu_ms() - before);
+          if (meter->open()) meter->end(thread_cpu_ms());  // else close() charged it already
         });
   }
 

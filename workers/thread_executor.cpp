@@ -121,8 +121,8 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
     if (!error) run->request_stop(StopReason::timeout);
   });
   // The coroutine runs on the job's strand through a metering adapter, so cpu_ms is this job's
-  // own CPU time. The end is posted to the same strand: it then runs after the last metered
-  // stretch has been added up.
+  // own CPU time. The meter closed when the coroutine's body ended, charging the last stretch up
+  // to there, so the end is handled at once: no further hop through the strand.
   asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_, state->meter),
                  asio::bind_cancellation_slot(
                      state->cancel.slot(), [this, run, state, blocking](std::exception_ptr, Outcome outcome) {
@@ -132,12 +132,10 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
                        run->disarm_stop();
                        state->cancel.slot().clear();
                        const StopReason reason = run->stop_flag().reason();
-                       asio::post(state->strand, [this, run, state, blocking, reason,
-                                                  outcome = std::move(outcome)]() mutable {
-                         state->deadline.cancel();
-                         finished(*run, RunReport{std::move(outcome), reason, state->meter->total_ms(), std::nullopt, true},
-                                  blocking);
-                       });
+                       state->deadline.cancel();
+                       finished(*run,
+                                RunReport{std::move(outcome), reason, state->meter->total_ms(), std::nullopt, true},
+                                blocking);
                      }));
 }
 

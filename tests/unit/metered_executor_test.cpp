@@ -46,3 +46,20 @@ TEST_CASE("MeteredExecutor charges each queued function's CPU time until the met
   CHECK(ran);
   CHECK(meter->total_ms() == charged);  // run, but no longer timed or charged
 }
+
+TEST_CASE("closing the meter inside a stretch charges that stretch up to the close, and no further") {
+  boost::asio::io_context context;
+  auto meter = std::make_shared<workers::CpuMeter>();
+  const workers::MeteredExecutor executor(boost::asio::make_strand(context), meter);
+  double at_close = -1;
+  executor.execute([&] {
+    burn_cpu_ms(20);
+    meter->close();
+    at_close = meter->total_ms();  // final already: the job's end reads it here
+    burn_cpu_ms(30);               // the executor's bookkeeping after the job: not charged
+  });
+  context.run();
+  CHECK(at_close >= 20);
+  CHECK(at_close < 45);
+  CHECK(meter->total_ms() == at_close);
+}
