@@ -34,7 +34,8 @@ class HttpConnection {
  public:
   HttpConnection(boost::asio::any_io_executor executor, boost::asio::ip::tcp::endpoint endpoint);
 
-  /// Sends `request` and reads the response; `timeout` bounds the whole exchange.
+  /// Sends `request` and reads the response; `timeout` bounds the connect, when one is needed,
+  /// and then the request and its response.
   boost::asio::awaitable<Exchange> exchange(const Request& request, std::chrono::milliseconds timeout);
 
   /// Ends the pending deadline wait, so the io_context's run() can return once nothing else is

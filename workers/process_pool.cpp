@@ -1,6 +1,7 @@
 #include "workers/process_pool.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -78,6 +79,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   std::size_t need = kFrameHeaderSize;
   bool header_read = false;
   bool wait = true;  // the answer takes a while: no point reading before the socket is readable
+  bool filled = false;   // the last read filled the buffer to the byte: more may be waiting
   while (have < need) {  // need grows from the header to the whole frame once the header is read
     if (wait) {
       auto [wait_error] = co_await socket.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
@@ -94,6 +96,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
       frame.problem = read_error.message();  // "End of file" when the worker is gone
       co_return frame;
     }
+    filled = have == bytes.size();
     if (!header_read && have >= kFrameHeaderSize) {
       const auto decoded = decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize>(
           reinterpret_cast<const std::uint8_t*>(bytes.data()), kFrameHeaderSize));
@@ -109,6 +112,14 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
     // Room for a few bytes past the frame too, so that bytes a worker sent after a large frame
     // are caught here, on its own job, as they are after a small one, not on its next job.
     if (header_read && bytes.size() < need + kSlack) bytes.resize(need + kSlack);
+  }
+  if (filled && have == need) {
+    // The last read filled the buffer to the byte (a frame of exactly kFirstRead bytes read at
+    // once): what followed, if anything, is still in the socket. One more read, in this case only.
+    std::array<char, kSlack> more{};
+    boost::system::error_code more_error;
+    const std::size_t extra = socket.read_some(asio::buffer(more), more_error);
+    if (!more_error) have += extra;  // would_block: nothing followed; end of file: the next job sees it
   }
   if (have > need) {
     frame.protocol_error = true;

@@ -43,8 +43,8 @@ struct MeterCloser {
 
 asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserver& observer,
                                  std::shared_ptr<CpuMeter> meter) {
-  // Co_spawn hands the outcome over in one more stretch on the executor; that stretch is
-  // bookkeeping, not the job's work, and is left unmetered.
+  // The meter closes as the body ends: co_spawn's hand-over of the outcome (inline, or in one
+  // more stretch when the body never suspended) is bookkeeping, not the job's work.
   const MeterCloser closer{std::move(meter)};
   const JobType& type = run->type();
   observer.on_started(*run, std::nullopt);  // here, not in start(): never under the executor's lock
@@ -121,8 +121,8 @@ void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
     if (!error) run->request_stop(StopReason::timeout);
   });
   // The coroutine runs on the job's strand through a metering adapter, so cpu_ms is this job's
-  // own CPU time. The meter closed when the coroutine's body ended, charging the last stretch up
-  // to there, so the end is handled at once: no further hop through the strand.
+  // own CPU time. The meter is closed as the body ends (MeterCloser), charging the stretch under
+  // way up to there, so the completion handles the end itself: no post of ours to the strand.
   asio::co_spawn(MeteredExecutor(state->strand, state->meter), run_job(run, observer_, state->meter),
                  asio::bind_cancellation_slot(
                      state->cancel.slot(), [this, run, state, blocking](std::exception_ptr, Outcome outcome) {

@@ -53,8 +53,8 @@ class Recorder final : public workers::ExecutionObserver {
 
 /// A stand-in worker in Python that speaks the frame protocol on fd 3 and misbehaves on purpose,
 /// as its first argument says: "split" writes each result (over 100 KB) in small pieces, "trailing"
-/// writes bytes after its result frame ("trailing_large": after a 10 KB one), "bad_magic" spoils
-/// the result's header.
+/// writes bytes after its result frame ("trailing_large": after a 10 KB one, "trailing_exact":
+/// after one of 4096 bytes), "bad_magic" spoils the result's header.
 constexpr const char* kFakeWorker = R"PY(
 import json, os, struct, sys, time
 mode = sys.argv[1]
@@ -72,14 +72,18 @@ os.write(3, frame(1, bytes(16), json.dumps({"pid": os.getpid(), "cpu_total_ms": 
 while True:
     header = read_exact(28)
     read_exact(struct.unpack_from("<I", header, 8)[0])
+    def reply_with(pad):
+        body = {"ok": True, "result": {"mode": mode, "pad": "x" * pad}, "cpu_ms": 0, "cpu_total_ms": 0}
+        return frame(3, header[12:28], json.dumps(body).encode())
     pads = {"split": 100000, "trailing_large": 10000}
-    result = {"mode": mode, "pad": "x" * pads.get(mode, 0)}
-    reply = frame(3, header[12:28], json.dumps({"ok": True, "result": result, "cpu_ms": 0, "cpu_total_ms": 0}).encode())
+    reply = reply_with(pads.get(mode, 0))
+    if mode == "trailing_exact":
+        reply = reply_with(4096 - len(reply))  # a frame of exactly the reader's first buffer
     if mode == "split":
         for at in range(0, len(reply), 7000):
             os.write(3, reply[at:at + 7000])
             time.sleep(0.002)
-    elif mode in ("trailing", "trailing_large"):
+    elif mode in ("trailing", "trailing_large", "trailing_exact"):
         os.write(3, reply + b"extra")
     else:
         os.write(3, b"XXXX" + reply[4:])
@@ -241,8 +245,9 @@ TEST_CASE("a result written in small pieces is read whole") {
 }
 
 TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
-  // trailing_large: the bytes come after a frame larger than the reader's first buffer.
-  for (const std::string mode : {"trailing", "trailing_large", "bad_magic"}) {
+  // trailing_large: the bytes come after a frame larger than the reader's first buffer;
+  // trailing_exact: after a frame of exactly its size.
+  for (const std::string mode : {"trailing", "trailing_large", "trailing_exact", "bad_magic"}) {
     CAPTURE(mode);
     PoolFixture f(1, "/usr/bin/python3", {"-c", kFakeWorker, mode});
     auto a = f.submit("noop", nlohmann::json::object());
