@@ -78,8 +78,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   std::size_t have = 0;
   std::size_t need = kFrameHeaderSize;
   bool header_read = false;
-  bool wait = true;  // the answer takes a while: no point reading before the socket is readable
-  bool filled = false;   // the last read filled the buffer to the byte: more may be waiting
+  bool wait = true;      // the answer takes a while: no point reading before the socket is readable
   while (have < need) {  // need grows from the header to the whole frame once the header is read
     if (wait) {
       auto [wait_error] = co_await socket.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
@@ -96,7 +95,6 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
       frame.problem = read_error.message();  // "End of file" when the worker is gone
       co_return frame;
     }
-    filled = have == bytes.size();
     if (!header_read && have >= kFrameHeaderSize) {
       const auto decoded = decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize>(
           reinterpret_cast<const std::uint8_t*>(bytes.data()), kFrameHeaderSize));
@@ -113,9 +111,9 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
     // are caught here, on its own job, as they are after a small one, not on its next job.
     if (header_read && bytes.size() < need + kSlack) bytes.resize(need + kSlack);
   }
-  if (filled && have == need) {
-    // The last read filled the buffer to the byte (a frame of exactly kFirstRead bytes read at
-    // once): what followed, if anything, is still in the socket. One more read, in this case only.
+  if (have == need && need == kFirstRead) {
+    // A frame of exactly the first buffer's size may have filled it to the byte in one read, and
+    // then what followed, if anything, is still in the socket: one more read, for this size only.
     std::array<char, kSlack> more{};
     boost::system::error_code more_error;
     const std::size_t extra = socket.read_some(asio::buffer(more), more_error);
