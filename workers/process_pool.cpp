@@ -10,6 +10,7 @@
 #include <variant>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -79,6 +80,7 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   std::size_t need = kFrameHeaderSize;
   bool header_read = false;
   bool wait = true;      // the answer takes a while: no point reading before the socket is readable
+  bool filled = false;   // the last read filled its buffer: more may be waiting in the socket
   while (have < need) {  // need grows from the header to the whole frame once the header is read
     if (wait) {
       auto [wait_error] = co_await socket.async_wait(asio::socket_base::wait_read, asio::as_tuple(asio::use_awaitable));
@@ -88,7 +90,10 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
       }
     }
     boost::system::error_code read_error;
-    have += socket.read_some(asio::buffer(bytes.data() + have, bytes.size() - have), read_error);
+    const std::size_t room = bytes.size() - have;
+    const std::size_t got = socket.read_some(asio::buffer(bytes.data() + have, room), read_error);
+    have += got;
+    filled = got == room;
     wait = read_error == asio::error::would_block;  // after a read, more may have arrived already
     if (wait) continue;
     if (read_error) {
@@ -111,17 +116,21 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
     // are caught here, on its own job, as they are after a small one, not on its next job.
     if (header_read && bytes.size() < need + kSlack) bytes.resize(need + kSlack);
   }
-  if (have == need && need == kFirstRead) {
-    // A frame of exactly the first buffer's size may have filled it to the byte in one read, and
-    // then what followed, if anything, is still in the socket: one more read, for this size only.
+  if (have == need && filled) {
+    // The read that ended the frame filled its buffer to the byte (a frame of exactly the first
+    // buffer's size, read at once): what followed, if anything, is still in the socket.
     std::array<char, kSlack> more{};
     boost::system::error_code more_error;
     const std::size_t extra = socket.read_some(asio::buffer(more), more_error);
-    if (!more_error) have += extra;  // would_block: nothing followed; end of file: the next job sees it
+    if (!more_error) {  // would_block: nothing followed; end of file: the next job sees it
+      have += extra;
+      filled = extra == more.size();
+    }
   }
   if (have > need) {
     frame.protocol_error = true;
-    frame.problem = std::to_string(have - need) + " bytes followed the frame unasked";
+    // After a read that filled its buffer, more may be in the socket: the count is a lower bound.
+    frame.problem = std::to_string(have - need) + (filled ? " or more" : "") + " bytes followed the frame unasked";
     co_return frame;
   }
   bytes.resize(need);
@@ -169,7 +178,7 @@ class ProcessPool::Slot {
   Slot(ProcessPool& pool, int index)
       : pool_(pool),
         index_(index),
-        strand_(asio::make_strand(pool.context_)),
+        strand_(asio::make_strand(pool.slots_context_)),
         socket_(strand_),
         deadline_(strand_),
         runs_(strand_, 1),
@@ -180,6 +189,14 @@ class ProcessPool::Slot {
 
   asio::strand<asio::io_context::executor_type>& strand() { return strand_; }
   RunChannel& runs() { return runs_; }
+
+  /// Reports the job the worker finished before the current one, if any (see deferred_).
+  void report_deferred() {
+    if (!deferred_) return;
+    Deferred done = std::move(*deferred_);
+    deferred_.reset();
+    pool_.observer_.on_finished(*done.run, std::move(done.report));
+  }
 
   /// The running job, if any (for terminate()); guarded by the pool mutex.
   std::shared_ptr<Execution> current;
@@ -335,6 +352,7 @@ class ProcessPool::Slot {
     for (;;) {
       auto run = co_await pool_.next_run(*this);
       if (!run) {
+        report_deferred();
         if (died_while_idle()) {  // woken by its exit (kill -9, OOM killer) while it waited
           exited_ = true;
           pool_.observer_.on_worker_restart(RestartReason::crash);
@@ -342,12 +360,14 @@ class ProcessPool::Slot {
         co_return;  // else closed: retire() closes the socket, the worker reads EOF and exits
       }
       if (run->stop_flag().stop_requested()) {  // cancelled between the queue and here
+        report_deferred();
         pool_.finish(*this, *run, RunReport{Outcome::failure("cancelled", "stopped before it started"),
                                             run->stop_flag().reason(), 0, std::nullopt, false});
         continue;
       }
       if (died_while_idle()) {
         // Killed from outside (OOM killer, kill -9) while it waited: the job is not its to fail.
+        report_deferred();
         pool_.give_back(*this, std::move(run));
         exited_ = true;
         pool_.observer_.on_worker_restart(RestartReason::crash);
@@ -373,6 +393,7 @@ class ProcessPool::Slot {
       frame = encode_frame(FrameType::run, run->id(),
                            nlohmann::json{{"type", run->type().name}, {"input", run->input()}}.dump());
     } catch (const std::exception& e) {
+      report_deferred();
       pool_.finish(*this, *run, RunReport{Outcome::failure("handler_error", std::string("cannot send the job to a worker: ") + e.what()),
                                           StopReason::none, 0, std::nullopt, false});
       co_return true;
@@ -380,7 +401,6 @@ class ProcessPool::Slot {
     run->arm_stop([&reaper, pid](StopReason reason) {
       reaper.signal_group(pid, reason == StopReason::shutdown ? SIGTERM : SIGKILL);
     });
-    pool_.observer_.on_started(*run, pid);
 
     // The deadline aborts the exchange from a completion handler rather than racing it with
     // `||`: that operator spawns two coroutines per job and its losing timer throws
@@ -396,7 +416,7 @@ class ProcessPool::Slot {
       boost::system::error_code ignored;
       socket_.cancel(ignored);  // the exchange returns an io_error; the worker is killed below
     });
-    Exchange outcome = co_await exchange(std::move(frame), run->id());
+    Exchange outcome = co_await exchange(std::move(frame), *run, pid);
     ++deadline_generation_;
     deadline_.cancel();
     run->disarm_stop();
@@ -406,26 +426,25 @@ class ProcessPool::Slot {
       cpu_total_ms_ = reply.cpu_total_ms;
       const StopReason stopped = run->stop_flag().reason();
       const bool out_of_memory = !reply.outcome.ok && reply.outcome.error_code == "memory_limit";
-      pool_.finish(*this, *run, RunReport{std::move(reply.outcome), stopped, reply.cpu_ms, pid, true});
+      RunReport report{std::move(reply.outcome), stopped, reply.cpu_ms, pid, true};
       if (stopped == StopReason::none) {
         ++jobs_done_;
+        const std::string why = out_of_memory ? std::string() : recycle_reason(pid);
+        if (!out_of_memory && (why.empty() || pool_.recycling_.load())) {
+          // The worker goes on (if another worker is being replaced, this one is recycled after
+          // its next job): its next job is written before this one is reported.
+          pool_.release(*this, *run);
+          deferred_ = Deferred{std::move(run), std::move(report)};
+          co_return true;
+        }
+        pool_.finish(*this, *run, std::move(report));
         if (out_of_memory) {
           // Its heap may be fragmented or half-torn: a fresh process is cheaper than doubt.
           spdlog::info("worker slot {}: pid {} hit its memory limit, replacing it", index_, pid);
           pool_.observer_.on_worker_restart(RestartReason::memory);
           co_return false;  // retire() closes the socket; the worker exits on EOF
         }
-        std::string why;
-        if (job_limit_ > 0 && jobs_done_ >= job_limit_) {
-          why = "after " + std::to_string(jobs_done_) + " jobs";
-        } else if (pool_.options_.max_rss_bytes > 0) {
-          const std::size_t rss = peak_resident_bytes(pid);
-          if (rss > pool_.options_.max_rss_bytes) {
-            why = "with a peak of " + std::to_string(rss >> 20) + " MiB resident (limit " +
-                  std::to_string(pool_.options_.max_rss_bytes >> 20) + " MiB)";
-          }
-        }
-        if (!why.empty() && !pool_.recycling_.exchange(true)) {
+        if (!pool_.recycling_.exchange(true)) {
           // One worker at a time: if another is being replaced, this one goes after its next job.
           recycling_ = true;
           spdlog::info("worker slot {}: pid {} recycled {}", index_, pid, why);
@@ -436,6 +455,7 @@ class ProcessPool::Slot {
       }
       // The answer won the race, but the stop may already have signalled the worker: never
       // reuse a worker that was told to die.
+      pool_.finish(*this, *run, std::move(report));
       reaper.signal_group(pid, SIGKILL);
       const ExitInfo info = co_await await_exit();
       exited_ = true;
@@ -493,10 +513,28 @@ class ProcessPool::Slot {
     co_return false;
   }
 
-  /// Writes the run frame and reads the worker's answer. Never throws.
-  asio::awaitable<Exchange> exchange(std::string frame, FrameJobId id) {
+  /// Why the worker should be replaced now that it finished a job ("" if it should not).
+  std::string recycle_reason(pid_t pid) const {
+    if (job_limit_ > 0 && jobs_done_ >= job_limit_) return "after " + std::to_string(jobs_done_) + " jobs";
+    if (pool_.options_.max_rss_bytes > 0) {
+      const std::size_t rss = peak_resident_bytes(pid);
+      if (rss > pool_.options_.max_rss_bytes) {
+        return "with a peak of " + std::to_string(rss >> 20) + " MiB resident (limit " +
+               std::to_string(pool_.options_.max_rss_bytes >> 20) + " MiB)";
+      }
+    }
+    return {};
+  }
+
+  /// Writes the run frame, reports the start (and the job before it), and reads the worker's
+  /// answer. Never throws.
+  asio::awaitable<Exchange> exchange(std::string frame, Execution& run, pid_t pid) {
     Exchange result;
     auto [write_error, n] = co_await asio::async_write(socket_, asio::buffer(frame), asio::as_tuple(asio::use_awaitable));
+    // The worker has its job (the write completes at once unless the frame outgrew the socket's
+    // buffer): the bookkeeping of this start and of the previous job's end runs while it works.
+    pool_.observer_.on_started(run, pid);
+    report_deferred();
     if (write_error) {
       result.problem = write_error.message();
       co_return result;
@@ -507,7 +545,7 @@ class ProcessPool::Slot {
       result.problem = reply.problem;
       co_return result;
     }
-    co_return interpret_reply(reply, id);
+    co_return interpret_reply(reply, run.id());
   }
 
   /// Ends the current worker: close our end (it exits on EOF), wait, escalate if needed.
@@ -531,6 +569,13 @@ class ProcessPool::Slot {
   bool timed_out_ = false;
   RunChannel runs_;
   ExitChannel exits_;
+  /// A job the worker finished and that is reported only once the worker has its next job, or
+  /// before the slot waits or does anything else: the worker does not wait for the bookkeeping.
+  struct Deferred {
+    std::shared_ptr<Execution> run;
+    RunReport report;
+  };
+  std::optional<Deferred> deferred_;
   pid_t pid_ = -1;
   bool exited_ = false;
   double cpu_total_ms_ = 0;
@@ -541,9 +586,14 @@ class ProcessPool::Slot {
 };
 
 ProcessPool::ProcessPool(asio::io_context& context, PoolOptions options, ExecutionObserver& observer)
-    : context_(context), options_(std::move(options)), observer_(observer), reaper_(context) {}
+    : options_(std::move(options)), observer_(observer), reaper_(context) {}
 
-ProcessPool::~ProcessPool() = default;
+ProcessPool::~ProcessPool() {
+  // After a drain the slots have ended and the thread has returned by itself; otherwise (an
+  // abandoned shutdown) it is stopped here. Pending coroutines go with slots_context_.
+  slots_context_.stop();
+  if (thread_.joinable()) thread_.join();
+}
 
 void ProcessPool::start() {
   reaper_.start();
@@ -562,6 +612,11 @@ void ProcessPool::start() {
       if (slots_running_.fetch_sub(1) == 1) reaper_.stop();
     });
   }
+  // The slots are the thread's only work: run() returns once the last of them has ended.
+  thread_ = std::thread([this] {
+    ::pthread_setname_np(::pthread_self(), "switchyard-pool");
+    slots_context_.run();
+  });
 }
 
 bool ProcessPool::is_closed() const {
@@ -607,6 +662,7 @@ asio::awaitable<std::shared_ptr<Execution>> ProcessPool::next_run(Slot& slot) {
     }
     idle_.push_back(&slot);
   }
+  slot.report_deferred();  // no next job yet: the last one is reported before the slot waits
   auto [error, run] = co_await slot.runs().async_receive(asio::as_tuple(asio::use_awaitable));
   co_return error ? nullptr : run;
 }
@@ -632,14 +688,16 @@ void ProcessPool::give_back(Slot& slot, std::shared_ptr<Execution> run) {
   submit(std::move(run));
 }
 
-void ProcessPool::finish(Slot& slot, Execution& run, RunReport report) {
-  {
-    std::lock_guard lock(mutex_);
-    if (slot.current.get() == &run) {
-      slot.current.reset();
-      busy_.fetch_sub(1);
-    }
+void ProcessPool::release(Slot& slot, Execution& run) {
+  std::lock_guard lock(mutex_);
+  if (slot.current.get() == &run) {
+    slot.current.reset();
+    busy_.fetch_sub(1);
   }
+}
+
+void ProcessPool::finish(Slot& slot, Execution& run, RunReport report) {
+  release(slot, run);
   observer_.on_finished(run, std::move(report));
 }
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 
 #include "server/config.hpp"
 #include "server/uuid.hpp"
@@ -20,13 +21,15 @@ namespace {
 /// Records what the pool reports, and lets a test wait for it.
 class Recorder final : public workers::ExecutionObserver {
  public:
-  void on_started(workers::Execution&, std::optional<pid_t> pid) override {
+  void on_started(workers::Execution& run, std::optional<pid_t> pid) override {
     std::lock_guard lock(mutex_);
     started_pids.push_back(pid.value_or(0));
+    events.push_back("start " + run.id_text());
     changed_.notify_all();
   }
   void on_finished(workers::Execution& run, workers::RunReport report) override {
     std::lock_guard lock(mutex_);
+    events.push_back("end " + run.id_text());
     finished.emplace(run.id_text(), std::move(report));
     changed_.notify_all();
   }
@@ -49,12 +52,14 @@ class Recorder final : public workers::ExecutionObserver {
   std::vector<pid_t> started_pids;
   std::map<std::string, workers::RunReport> finished;
   std::vector<workers::RestartReason> restarts;
+  std::vector<std::string> events;  // "start ID" and "end ID", in the order reported
 };
 
 /// A stand-in worker in Python that speaks the frame protocol on fd 3 and misbehaves on purpose,
 /// as its first argument says: "split" writes each result (over 100 KB) in small pieces, "trailing"
 /// writes bytes after its result frame ("trailing_large": after a 10 KB one, "trailing_exact":
-/// after one of 4096 bytes), "bad_magic" spoils the result's header.
+/// after one of 4096 bytes, "trailing_near": 100 bytes after one of 4060 bytes, so that the first
+/// read cannot take them all), "bad_magic" spoils the result's header.
 constexpr const char* kFakeWorker = R"PY(
 import json, os, struct, sys, time
 mode = sys.argv[1]
@@ -79,11 +84,13 @@ while True:
     reply = reply_with(pads.get(mode, 0))
     if mode == "trailing_exact":
         reply = reply_with(4096 - len(reply))  # a frame of exactly the reader's first buffer
+    if mode == "trailing_near":
+        reply = reply_with(4060 - len(reply)) + b"y" * 95
     if mode == "split":
         for at in range(0, len(reply), 7000):
             os.write(3, reply[at:at + 7000])
             time.sleep(0.002)
-    elif mode in ("trailing", "trailing_large", "trailing_exact"):
+    elif mode in ("trailing", "trailing_large", "trailing_exact", "trailing_near"):
         os.write(3, reply + b"extra")
     else:
         os.write(3, b"XXXX" + reply[4:])
@@ -155,6 +162,50 @@ TEST_CASE("a job runs in a worker process and the worker is reused") {
   auto rb = f.recorder.wait_for(b->id_text());
   CHECK(rb.outcome.result["hex"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   CHECK(rb.worker_pid == ra.worker_pid);
+}
+
+TEST_CASE("the pool runs jobs on its own thread, whatever the given io_context's threads do") {
+  PoolFixture f(1);
+  // Both threads running the fixture's io_context (the child reaper's) are held up.
+  std::mutex mutex;
+  std::condition_variable released;
+  bool release = false;
+  for (int i = 0; i < 2; ++i) {
+    boost::asio::post(f.context, [&] {
+      std::unique_lock lock(mutex);
+      released.wait(lock, [&] { return release; });
+    });
+  }
+  auto a = f.submit("hash", {{"data", "abc"}});
+  auto b = f.submit("noop", nlohmann::json::object());
+  const bool both_done = [&] {
+    std::unique_lock lock(f.recorder.mutex_);
+    return f.recorder.changed_.wait_for(lock, 10s, [&] { return f.recorder.finished.size() == 2; });
+  }();
+  {
+    std::lock_guard lock(mutex);
+    release = true;
+  }
+  released.notify_all();
+  REQUIRE(both_done);
+  CHECK(f.recorder.wait_for(a->id_text()).outcome.ok);
+  CHECK(f.recorder.wait_for(b->id_text()).outcome.ok);
+}
+
+TEST_CASE("a worker gets its next job before the job it finished is reported, and every job is reported once") {
+  PoolFixture f(1);
+  std::vector<std::shared_ptr<workers::Execution>> runs;
+  runs.push_back(f.submit("burn", {{"ms", 50}}));  // the others queue up behind it
+  for (int i = 0; i < 3; ++i) runs.push_back(f.submit("noop", nlohmann::json::object()));
+  for (auto& run : runs) CHECK(f.recorder.wait_for(run->id_text()).outcome.ok);
+  std::vector<std::string> expected;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    expected.push_back("start " + runs[i]->id_text());
+    if (i > 0) expected.push_back("end " + runs[i - 1]->id_text());
+  }
+  expected.push_back("end " + runs.back()->id_text());  // reported when the worker goes idle
+  std::lock_guard lock(f.recorder.mutex_);
+  CHECK(f.recorder.events == expected);
 }
 
 TEST_CASE("a crash fails only its job and the worker is replaced") {
@@ -247,15 +298,18 @@ TEST_CASE("a result written in small pieces is read whole") {
 TEST_CASE("a worker that breaks the framing fails its job and is replaced") {
   // trailing_large: the bytes come after a frame larger than the reader's first buffer;
   // trailing_exact: after a frame of exactly its size.
-  for (const std::string mode : {"trailing", "trailing_large", "trailing_exact", "bad_magic"}) {
+  // trailing_near: 100 bytes after a frame of 4060, of which the first read takes 36.
+  for (const std::string mode : {"trailing", "trailing_large", "trailing_exact", "trailing_near", "bad_magic"}) {
     CAPTURE(mode);
     PoolFixture f(1, "/usr/bin/python3", {"-c", kFakeWorker, mode});
     auto a = f.submit("noop", nlohmann::json::object());
     auto report = f.recorder.wait_for(a->id_text());
     CHECK_FALSE(report.outcome.ok);
     CHECK(report.outcome.error_code == "worker_protocol_error");
-    CHECK(report.outcome.error_message ==
-          (mode == "bad_magic" ? "malformed frame header: bad magic" : "5 bytes followed the frame unasked"));
+    const std::string expected = mode == "bad_magic"       ? "malformed frame header: bad magic"
+                                 : mode == "trailing_near" ? "36 or more bytes followed the frame unasked"
+                                                           : "5 bytes followed the frame unasked";
+    CHECK(report.outcome.error_message == expected);
     REQUIRE(report.worker_pid);
     CHECK_FALSE(alive(*report.worker_pid));
     auto b = f.submit("noop", nlohmann::json::object());  // a new worker (as faulty) takes it
