@@ -41,6 +41,7 @@ struct Tally {
   std::map<std::string, long> http_codes;
   long requests = 0;
   long transport_errors = 0;
+  long aborted_connections = 0;  // connections whose coroutine ended by an exception
   // Earliest `created_at` and latest `finished_at` of the terminal jobs, as the server wrote
   // them (RFC 3339 with milliseconds, so they order as strings).
   std::string first_created;
@@ -68,6 +69,7 @@ struct Tally {
     for (const auto& [key, n] : other.http_codes) http_codes[key] += n;
     requests += other.requests;
     transport_errors += other.transport_errors;
+    aborted_connections += other.aborted_connections;
     count_span(other.first_created, other.last_finished);
   }
 };

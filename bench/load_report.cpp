@@ -64,6 +64,7 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
         {"per_s", static_cast<double>(tally.requests) / elapsed_s},
         {"by_code", tally.http_codes},
         {"transport_errors", tally.transport_errors},
+        {"aborted_connections", tally.aborted_connections},
         {"connects", connects}}},
       {"client_cpu_s", client_cpu_seconds()},
   };
@@ -72,7 +73,7 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
     out["latency_ms"] = {{"request", tally.submit.summary()}};
     long not_2xx = 0;
     for (const auto& [code, n] : tally.http_codes) not_2xx += code.starts_with('2') ? 0 : n;
-    out["ok"] = tally.requests > 0 && not_2xx == 0;
+    out["ok"] = tally.requests > 0 && not_2xx == 0 && tally.aborted_connections == 0;
     return out;
   }
   out["job"] = {{"type", options.type},
@@ -88,7 +89,7 @@ json make_report(const LoadOptions& options, Tally& tally, double elapsed_s, std
   out["latency_ms"] = {{"submit", tally.submit.summary()}, {"end_to_end", tally.end_to_end.summary()}};
   if (submit_phase_s) out["submit_phase_s"] = *submit_phase_s;
   out["server_span_s"] = span_seconds(tally.first_created, tally.last_finished);
-  out["ok"] = started > 0 && succeeded == started;
+  out["ok"] = started > 0 && succeeded == started && tally.aborted_connections == 0;
   return out;
 }
 

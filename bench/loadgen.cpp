@@ -7,6 +7,7 @@
 // --port values (replicas of one service) the connections are spread over them round-robin.
 
 #include <algorithm>
+#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -228,8 +229,20 @@ void run_phase(std::vector<std::unique_ptr<Shard>>& shards, Run& run, Worker wor
   for (auto& shard : shards) {
     shard->context.restart();
     for (auto& connection : shard->connections) {
+      // A connection whose coroutine throws stops: it is counted and said, and the run is not ok.
       asio::co_spawn(shard->context, (run.*worker)(*shard, *connection),
-                     [connection = connection.get()](const std::exception_ptr&) { connection->idle(); });
+                     [connection = connection.get(), &tally = shard->tally](const std::exception_ptr& error) {
+                       connection->idle();
+                       if (!error) return;
+                       ++tally.aborted_connections;
+                       try {
+                         std::rethrow_exception(error);
+                       } catch (const std::exception& e) {
+                         std::fprintf(stderr, "switchyard_loadgen: a connection stopped: %s\n", e.what());
+                       } catch (...) {
+                         std::fprintf(stderr, "switchyard_loadgen: a connection stopped by an unknown exception\n");
+                       }
+                     });
     }
     threads.emplace_back([&context = shard->context] { context.run(); });
   }
