@@ -128,7 +128,11 @@ Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const wo
       store_(std::move(store)),
       shared_(store_->shared()) {}
 
-Dispatcher::~Dispatcher() = default;
+Dispatcher::~Dispatcher() {
+  // The pool's thread calls back into this object (on_started, on_finished): it stops before
+  // the members it uses go. After a drain that gave up on a worker, a slot may still be running.
+  processes_.halt();
+}
 
 void Dispatcher::start() {
   processes_.start();

@@ -118,7 +118,8 @@ asio::awaitable<ReadFrame> read_frame(asio::local::stream_protocol::socket& sock
   }
   if (have == need && filled) {
     // The read that ended the frame filled its buffer to the byte (a frame of exactly the first
-    // buffer's size, read at once): what followed, if anything, is still in the socket.
+    // buffer's 4096 bytes): what followed, if anything, is still in the socket. The same flag
+    // tells below whether the count of bytes after the frame is exact or a lower bound.
     std::array<char, kSlack> more{};
     boost::system::error_code more_error;
     const std::size_t extra = socket.read_some(asio::buffer(more), more_error);
@@ -526,15 +527,19 @@ class ProcessPool::Slot {
     return {};
   }
 
-  /// Writes the run frame, reports the start (and the job before it), and reads the worker's
-  /// answer. Never throws.
+  /// Writes the run frame, reports the job before it and this one's start, and reads the
+  /// worker's answer. Throws only what the observer throws.
   asio::awaitable<Exchange> exchange(std::string frame, Execution& run, pid_t pid) {
+    // A frame this large may have to wait for the worker to read it (the socket's buffer is
+    // smaller): the job before it is not kept waiting too.
+    constexpr std::size_t kReportFirst = 64 * 1024;
+    if (frame.size() > kReportFirst) report_deferred();
     Exchange result;
     auto [write_error, n] = co_await asio::async_write(socket_, asio::buffer(frame), asio::as_tuple(asio::use_awaitable));
-    // The worker has its job (the write completes at once unless the frame outgrew the socket's
-    // buffer): the bookkeeping of this start and of the previous job's end runs while it works.
-    pool_.observer_.on_started(run, pid);
+    // The worker has its job: the bookkeeping of the previous job's end and of this start runs
+    // while it works, in that order (a listing never shows both running on one worker).
     report_deferred();
+    pool_.observer_.on_started(run, pid);
     if (write_error) {
       result.problem = write_error.message();
       co_return result;
@@ -589,8 +594,10 @@ ProcessPool::ProcessPool(asio::io_context& context, PoolOptions options, Executi
     : options_(std::move(options)), observer_(observer), reaper_(context) {}
 
 ProcessPool::~ProcessPool() {
-  // After a drain the slots have ended and the thread has returned by itself; otherwise (an
-  // abandoned shutdown) it is stopped here. Pending coroutines go with slots_context_.
+  halt();
+}  // pending coroutines go with slots_context_, after slots_
+
+void ProcessPool::halt() {
   slots_context_.stop();
   if (thread_.joinable()) thread_.join();
 }

@@ -60,6 +60,11 @@ class ProcessPool {
   /// Starts the pool's thread and its slots (and so the worker processes).
   void start();
 
+  /// Stops the pool's thread at once, wherever its slots are (after a drain they have ended
+  /// and it has stopped by itself). The observer is never called after this returns: its
+  /// owner calls this before it destroys what the observer uses. Idempotent.
+  void halt();
+
   /// Queues a run; an idle worker takes it at once. Runs submitted after close() are
   /// finished at once as stopped by shutdown.
   void submit(std::shared_ptr<Execution> run);

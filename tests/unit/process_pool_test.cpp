@@ -28,7 +28,9 @@ class Recorder final : public workers::ExecutionObserver {
     changed_.notify_all();
   }
   void on_finished(workers::Execution& run, workers::RunReport report) override {
+    const auto queued = pool != nullptr ? std::optional(pool->stats().queued) : std::nullopt;
     std::lock_guard lock(mutex_);
+    if (queued) queued_at_end[run.id_text()] = *queued;
     events.push_back("end " + run.id_text());
     finished.emplace(run.id_text(), std::move(report));
     changed_.notify_all();
@@ -53,6 +55,8 @@ class Recorder final : public workers::ExecutionObserver {
   std::map<std::string, workers::RunReport> finished;
   std::vector<workers::RestartReason> restarts;
   std::vector<std::string> events;  // "start ID" and "end ID", in the order reported
+  workers::ProcessPool* pool = nullptr;  // if set, the queue's length is noted at each end
+  std::map<std::string, std::size_t> queued_at_end;
 };
 
 /// A stand-in worker in Python that speaks the frame protocol on fd 3 and misbehaves on purpose,
@@ -194,18 +198,46 @@ TEST_CASE("the pool runs jobs on its own thread, whatever the given io_context's
 
 TEST_CASE("a worker gets its next job before the job it finished is reported, and every job is reported once") {
   PoolFixture f(1);
+  f.recorder.pool = f.pool.get();
   std::vector<std::shared_ptr<workers::Execution>> runs;
   runs.push_back(f.submit("burn", {{"ms", 50}}));  // the others queue up behind it
   for (int i = 0; i < 3; ++i) runs.push_back(f.submit("noop", nlohmann::json::object()));
   for (auto& run : runs) CHECK(f.recorder.wait_for(run->id_text()).outcome.ok);
   std::vector<std::string> expected;
   for (std::size_t i = 0; i < runs.size(); ++i) {
+    if (i > 0) expected.push_back("end " + runs[i - 1]->id_text());  // after the next frame's write
     expected.push_back("start " + runs[i]->id_text());
-    if (i > 0) expected.push_back("end " + runs[i - 1]->id_text());
   }
   expected.push_back("end " + runs.back()->id_text());  // reported when the worker goes idle
   std::lock_guard lock(f.recorder.mutex_);
   CHECK(f.recorder.events == expected);
+  // When a job's end was reported, the next job had already left the queue for the worker.
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    CAPTURE(i);
+    CHECK(f.recorder.queued_at_end.at(runs[i]->id_text()) == (i + 1 < runs.size() ? runs.size() - 2 - i : 0));
+  }
+}
+
+TEST_CASE("a finished job is reported when the next one was cancelled in the queue, and when the pool closes") {
+  PoolFixture f(1);
+  auto a = f.submit("burn", {{"ms", 100}});
+  REQUIRE(f.recorder.wait_started(1));
+  auto b = f.submit("noop", nlohmann::json::object());
+  b->request_stop(workers::StopReason::cancel);  // still queued: the slot finds it stopped
+  CHECK(f.recorder.wait_for(a->id_text()).outcome.ok);
+  CHECK(f.recorder.wait_for(b->id_text()).outcome.error_code == "cancelled");
+  auto c = f.submit("burn", {{"ms", 100}});
+  REQUIRE(f.recorder.wait_started(2));
+  auto d = f.submit("noop", nlohmann::json::object());  // queued when the pool closes
+  f.pool->close();
+  CHECK(f.recorder.wait_for(c->id_text()).outcome.ok);
+  const auto left = f.pool->drain_queue();
+  REQUIRE(left.size() == 1);
+  CHECK(left.front() == d);
+  std::lock_guard lock(f.recorder.mutex_);
+  CHECK(f.recorder.events == std::vector<std::string>{"start " + a->id_text(), "end " + a->id_text(),
+                                                      "end " + b->id_text(), "start " + c->id_text(),
+                                                      "end " + c->id_text()});
 }
 
 TEST_CASE("a crash fails only its job and the worker is replaced") {
