@@ -431,9 +431,11 @@ class ProcessPool::Slot {
       if (stopped == StopReason::none) {
         ++jobs_done_;
         const std::string why = out_of_memory ? std::string() : recycle_reason(pid);
-        if (!out_of_memory && (why.empty() || pool_.recycling_.load())) {
-          // The worker goes on (if another worker is being replaced, this one is recycled after
-          // its next job): its next job is written before this one is reported.
+        // One worker recycled at a time: if another is being replaced, this one goes after its
+        // next job.
+        const bool recycle = !why.empty() && !pool_.recycling_.exchange(true);
+        if (!out_of_memory && !recycle) {
+          // The worker goes on: its next job is written before this one is reported.
           pool_.release(*this, *run);
           deferred_ = Deferred{std::move(run), std::move(report)};
           co_return true;
@@ -445,14 +447,10 @@ class ProcessPool::Slot {
           pool_.observer_.on_worker_restart(RestartReason::memory);
           co_return false;  // retire() closes the socket; the worker exits on EOF
         }
-        if (!pool_.recycling_.exchange(true)) {
-          // One worker at a time: if another is being replaced, this one goes after its next job.
-          recycling_ = true;
-          spdlog::info("worker slot {}: pid {} recycled {}", index_, pid, why);
-          pool_.observer_.on_worker_restart(RestartReason::recycle);
-          co_return false;
-        }
-        co_return true;
+        recycling_ = true;
+        spdlog::info("worker slot {}: pid {} recycled {}", index_, pid, why);
+        pool_.observer_.on_worker_restart(RestartReason::recycle);
+        co_return false;
       }
       // The answer won the race, but the stop may already have signalled the worker: never
       // reuse a worker that was told to die.
@@ -594,8 +592,8 @@ ProcessPool::ProcessPool(asio::io_context& context, PoolOptions options, Executi
     : options_(std::move(options)), observer_(observer), reaper_(context) {}
 
 ProcessPool::~ProcessPool() {
-  halt();
-}  // pending coroutines go with slots_context_, after slots_
+  halt();  // pending coroutines go with slots_context_, destroyed after slots_
+}
 
 void ProcessPool::halt() {
   slots_context_.stop();
