@@ -152,11 +152,6 @@ std::variant<JobRequest, std::vector<FieldError>> parse_job_request(const nlohma
     const bool wants_auto = !model_text || *model_text == "auto";
     request.model = wants_auto ? (request.type->kind == workers::Kind::io ? Model::thread : Model::process)
                                : parse_model(*model_text).value_or(Model::thread);
-    if (request.model == Model::thread && request.type->blocking && !limits.blocking_on_thread &&
-        !request.type->process_only) {
-      errors.push_back({prefix + "/model", "this server runs one io thread, which a cpu job type would block; "
-                                           "use the process model"});
-    }
     if (request.type->process_only && request.model == Model::thread) {
       errors.push_back({prefix + "/model", "job type '" + request.type->name +
                                                "' can only run on the process model"});

@@ -23,8 +23,7 @@ struct RequestLimits {
   std::size_t max_batch = 1000;
   double max_wait_s = 60;
   std::size_t max_json_depth = 64;
-  std::size_t queue_limit = 10000;   ///< per model: a batch that can never fit is a 422, not a 429
-  bool blocking_on_thread = true;    ///< false with one io thread: a blocking job would freeze it
+  std::size_t queue_limit = 10000;  ///< per model: a batch that can never fit is a 422, not a 429
 };
 
 /// A validated job submission, ready for the dispatcher.

@@ -10,7 +10,7 @@
 //            (ready, starting, not ready with a reason, draining), bits 4-5 admission (accept,
 //            queue_full, workers_unavailable, draining), bits 6-7 state of new jobs (queued,
 //            running, succeeded, failed)
-//   byte 1   bit 0 tight limits (small batch, queue, depth and wait; one io thread)
+//   byte 1   bit 0 tight limits (small batch, queue, depth and wait)
 //   rest     requests separated by a line "%%"; each is "METHOD TARGET", header lines
 //            "Name: value" up to an empty line, then the body
 //
@@ -85,7 +85,6 @@ api::RequestLimits limits_for(const Scenario& s) {
     limits.max_json_depth = 8;
     limits.max_wait_s = 0.5;
     limits.max_timeout_ms = 10000;
-    limits.blocking_on_thread = false;
   }
   return limits;
 }
@@ -311,7 +310,6 @@ class MapJobService final : public api::JobService {
     FUZZ_CHECK(r.priority >= api::kMinPriority && r.priority <= api::kMaxPriority);
     FUZZ_CHECK(r.timeout_ms >= 1 && r.timeout_ms <= limits_.max_timeout_ms);
     FUZZ_CHECK(!(r.type->process_only && r.model == api::Model::thread), "a process-only type on a thread");
-    if (!limits_.blocking_on_thread && r.type->blocking) FUZZ_CHECK(r.model == api::Model::process);
   }
 
   std::string next_id() {

@@ -21,6 +21,7 @@
 #include "api/router.hpp"
 #include "server/dispatcher.hpp"
 #include "server/http_server.hpp"
+#include "server/io_threads.hpp"
 #include "server/job_store.hpp"
 #include "server/log.hpp"
 #include "server/metrics.hpp"
@@ -73,7 +74,8 @@ int run_server(const Config& config) {
   // store_unavailable and retries), not kill the server.
   std::signal(SIGXFSZ, SIG_IGN);
 
-  asio::io_context context(config.io_threads);
+  IoThreads io(config.io_threads);
+  asio::io_context& context = io.main();
 
   workers::BuiltinOptions builtin;
   builtin.diagnostics = config.diagnostics;
@@ -100,7 +102,6 @@ int run_server(const Config& config) {
   router_options.limits.max_timeout_ms = config.max_timeout_ms;
   router_options.limits.max_wait_s = config.max_wait_s;
   router_options.limits.queue_limit = config.queue_limit;
-  router_options.limits.blocking_on_thread = config.io_threads >= 2;
   router_options.tokens = config.tokens;
   router_options.protect_metrics = config.protect_metrics;
   router_options.openapi_yaml = std::string(api::openapi_yaml());
@@ -111,7 +112,7 @@ int run_server(const Config& config) {
   http_options.max_header_bytes = config.max_header_bytes;
   http_options.max_connections = config.max_connections;
   http_options.read_timeout = std::chrono::milliseconds(config.read_timeout_ms);
-  HttpServer http(context, http_options, router, metrics);
+  HttpServer http(io, http_options, router, metrics);
 
   asio::ip::tcp::endpoint endpoint;
   try {
@@ -121,6 +122,9 @@ int run_server(const Config& config) {
     return 1;
   }
 
+  std::vector<asio::io_context*> io_contexts;
+  for (std::size_t i = 0; i < io.size(); ++i) io_contexts.push_back(&io.context(i));
+  dispatcher.spread_thread_jobs(std::move(io_contexts));
   dispatcher.start();
   http.start();
   log::event(spdlog::level::info, "listening",
@@ -142,15 +146,12 @@ int run_server(const Config& config) {
           asio::steady_timer linger(context, std::chrono::milliseconds(100));
           co_await linger.async_wait(asio::use_awaitable);
           log::event(spdlog::level::info, "stopped");
-          context.stop();
+          io.stop();
         },
         asio::detached);
   });
 
-  std::vector<std::jthread> threads;
-  for (int i = 1; i < config.io_threads; ++i) threads.emplace_back([&context] { context.run(); });
-  context.run();
-  for (auto& thread : threads) thread.join();
+  io.run();
   return 0;
 }
 

@@ -97,8 +97,12 @@ void add_serve_options(CLI::App& app, Config& c) {
   auto env = [](const char* name) { return std::string("SWITCHYARD_") + name; };
   app.add_option("--listen", c.listen, "host:port to listen on (port 0 picks a free port)")
       ->envname(env("LISTEN"))->capture_default_str();
-  app.add_option("--io-threads", c.io_threads, "threads running the io_context (HTTP and io jobs)")
-      ->envname(env("IO_THREADS"))->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--io-threads", c.io_threads,
+                 "io threads, each with its own io_context (HTTP, io jobs); cpu jobs sent to the thread model get "
+                 "io-threads - 1 threads of their own (at least 1)")
+      ->envname(env("IO_THREADS"))
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--process-workers", c.process_workers, "worker processes (0 = one per core)")
       ->envname(env("PROCESS_WORKERS"))->check(CLI::Range(0, 1024))->capture_default_str();
   app.add_option("--queue-limit", c.queue_limit, "queued jobs per model before 429")

@@ -10,10 +10,11 @@ namespace switchyard::server {
 
 /// A connection's deadline, checked lazily: moving it is a store, not a timer operation. (Beast's
 /// tcp_stream starts and cancels a timer around every read and write: two locks of the reactor's
-/// timer queue, shared by all io threads, and one more handler to run, for each of them.) One
+/// timer queue and one more handler to run, for each of them.) One
 /// timer per connection wakes when the deadline it was set for comes; if the deadline has moved
 /// on since, it sleeps until the new one; if it has passed, it closes the socket, and the
-/// pending read or write fails. Lives on the connection's strand, like the socket.
+/// pending read or write fails. Lives on the connection's io thread, like the socket: the timer's
+/// handler and the session never run at the same time.
 class ConnectionDeadline {
  public:
   using Clock = std::chrono::steady_clock;

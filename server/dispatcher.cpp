@@ -43,8 +43,8 @@ asio::awaitable<void> receive_or_expire(const std::shared_ptr<Channel>& waiter, 
 workers::ThreadOptions thread_options(const Config& config) {
   workers::ThreadOptions options;
   options.concurrency = config.thread_concurrency;
-  // Blocking jobs forced onto the thread model may hold all but one io thread, so HTTP and the
-  // timers that stop them keep a thread.
+  // Blocking jobs forced onto the thread model run on threads of their own: as many as there are
+  // io threads beyond the first, and at least one.
   options.blocking_slots = static_cast<std::size_t>(std::max(1, config.io_threads - 1));
   return options;
 }
@@ -129,9 +129,11 @@ Dispatcher::Dispatcher(asio::io_context& context, const Config& config, const wo
       shared_(store_->shared()) {}
 
 Dispatcher::~Dispatcher() {
-  // The pool's thread calls back into this object (on_started, on_finished): it stops before
-  // the members it uses go. After a drain that gave up on a worker, a slot may still be running.
+  // The pool's thread and the blocking threads call back into this object (on_started,
+  // on_finished): they stop before the members they use go. After a drain that gave up on a
+  // worker, a slot may still be running.
   processes_.halt();
+  threads_.halt();
 }
 
 void Dispatcher::start() {

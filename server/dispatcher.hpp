@@ -35,6 +35,10 @@ class Dispatcher final : public api::JobService, public workers::ExecutionObserv
              Metrics& metrics, std::unique_ptr<JobStore> store);
   ~Dispatcher() override;
 
+  /// The io threads' contexts: thread jobs submitted from elsewhere (claims of a shared store,
+  /// queued runs started on a blocking thread) start on them in turn. Call before start().
+  void spread_thread_jobs(std::vector<boost::asio::io_context*> contexts) { threads_.spread_over(std::move(contexts)); }
+
   /// Starts the worker processes, requeues the jobs a durable store kept from the last run, and
   /// starts expiring finished jobs after their result TTL.
   void start();

@@ -7,11 +7,12 @@
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -170,8 +171,8 @@ std::string_view method_label(http::verb verb) {
 
 }  // namespace
 
-HttpServer::HttpServer(asio::io_context& context, HttpOptions options, api::Router& router, Metrics& metrics)
-    : context_(context), options_(options), router_(router), metrics_(metrics), acceptor_(asio::make_strand(context)) {}
+HttpServer::HttpServer(IoThreads& io, HttpOptions options, api::Router& router, Metrics& metrics)
+    : io_(io), options_(options), router_(router), metrics_(metrics), acceptor_(io.main()) {}
 
 tcp::endpoint HttpServer::listen(const std::string& host, std::uint16_t port) {
   const tcp::endpoint endpoint(asio::ip::make_address(host), port);
@@ -196,7 +197,7 @@ void HttpServer::stop() {
 
 asio::awaitable<void> HttpServer::accept_loop() {
   while (!stopping_) {
-    auto [error, socket] = co_await acceptor_.async_accept(asio::make_strand(context_), kUseTuple);
+    auto [error, accepted] = co_await acceptor_.async_accept(kUseTuple);
     if (error == asio::error::operation_aborted || !acceptor_.is_open()) break;
     if (error) {
       // EMFILE and friends: back off briefly instead of spinning.
@@ -204,6 +205,22 @@ asio::awaitable<void> HttpServer::accept_loop() {
       asio::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(50));
       co_await pause.async_wait(kUseTuple);
       continue;
+    }
+    // The connection moves to the io thread chosen for it (a context of its own: no strand is
+    // needed, as nothing else runs on that thread at the same time).
+    const std::size_t shard = io_.place();
+    tcp::socket socket = shard == 0 ? std::move(accepted) : tcp::socket(io_.context(shard));
+    if (shard != 0) {
+      beast::error_code move_error;
+      const auto protocol = accepted.local_endpoint(move_error).protocol();
+      const auto fd = move_error ? -1 : accepted.release(move_error);
+      if (!move_error) socket.assign(protocol, fd, move_error);
+      if (move_error) {
+        if (fd >= 0 && !socket.is_open()) ::close(fd);
+        log::event(spdlog::level::warn, "could not move a new connection to its io thread; closed it",
+                   {{"error", move_error.message()}, {"io_thread", shard}});
+        continue;  // the connection is dropped, as if reset at once
+      }
     }
     auto executor = socket.get_executor();
     if (connections_.fetch_add(1) >= options_.max_connections) {

@@ -10,6 +10,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include "api/router.hpp"
+#include "server/io_threads.hpp"
 #include "server/metrics.hpp"
 
 namespace switchyard::server {
@@ -23,14 +24,15 @@ struct HttpOptions {
   std::chrono::milliseconds write_timeout{30000};
 };
 
-/// HTTP/1.1 on Boost.Beast: one coroutine per connection (on its own strand), a deadline on
+/// HTTP/1.1 on Boost.Beast: one coroutine per connection, on the io thread the connection is
+/// placed on when accepted (IoThreads::place) and for its whole life, a deadline on
 /// reading each request and on writing each response, header and body limits, keep-alive, and
 /// pipelined requests answered in order (requests are read and answered one at a time, so
 /// nothing piles up).
 /// Thread-safety: start() and stop() may be called from any thread.
 class HttpServer {
  public:
-  HttpServer(boost::asio::io_context& context, HttpOptions options, api::Router& router, Metrics& metrics);
+  HttpServer(IoThreads& io, HttpOptions options, api::Router& router, Metrics& metrics);
 
   /// Binds and listens; returns the bound endpoint (port 0 resolved). Throws on failure.
   boost::asio::ip::tcp::endpoint listen(const std::string& host, std::uint16_t port);
@@ -46,7 +48,7 @@ class HttpServer {
   boost::asio::awaitable<void> session(boost::asio::ip::tcp::socket socket);
   boost::asio::awaitable<void> refuse(boost::asio::ip::tcp::socket socket);
 
-  boost::asio::io_context& context_;
+  IoThreads& io_;
   HttpOptions options_;
   api::Router& router_;
   Metrics& metrics_;

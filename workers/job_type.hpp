@@ -69,7 +69,8 @@ struct FieldError {
 };
 
 /// A blocking implementation: runs on the calling thread until done; polls `stop` if it can take
-/// long. Runs inside a worker process (process model) or on an io thread (thread model override).
+/// long. Runs inside a worker process (process model) or on a blocking thread of the thread
+/// model (an override).
 using BlockingRun = std::function<Outcome(const nlohmann::json& input, const StopFlag& stop)>;
 
 /// An asynchronous implementation: a coroutine on the caller's executor. Stops early through Asio

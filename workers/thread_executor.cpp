@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <pthread.h>
+
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -22,10 +24,9 @@ namespace {
 
 /// Per-run state shared by the coroutine, its timer and its stop hook.
 struct ThreadRun {
-  explicit ThreadRun(asio::io_context& context)
-      : strand(asio::make_strand(context)), deadline(context) {}
+  ThreadRun(asio::io_context& runs_on, asio::io_context& home) : strand(asio::make_strand(runs_on)), deadline(home) {}
   asio::strand<asio::io_context::executor_type> strand;
-  asio::steady_timer deadline;  // on the io_context itself: fires even while the strand is busy
+  asio::steady_timer deadline;  // on an io thread: fires while a blocking run holds its own thread
   asio::cancellation_signal cancel;
   std::shared_ptr<CpuMeter> meter = std::make_shared<CpuMeter>();
   bool done = false;  // on the strand only: once set, the coroutine is gone and nothing may emit
@@ -62,12 +63,55 @@ asio::awaitable<Outcome> run_job(std::shared_ptr<Execution> run, ExecutionObserv
   }
 }
 
+thread_local asio::io_context* driven_context = nullptr;
+
 }  // namespace
 
+asio::io_context* current_io_context() noexcept {
+  return driven_context;
+}
+
+IoThreadMark::IoThreadMark(asio::io_context& context) noexcept : previous_(driven_context) {
+  driven_context = &context;
+}
+
+IoThreadMark::~IoThreadMark() {
+  driven_context = previous_;
+}
+
 ThreadExecutor::ThreadExecutor(asio::io_context& context, ThreadOptions options, ExecutionObserver& observer)
-    : context_(context), options_(options), observer_(observer) {
+    : context_(context),
+      options_(options),
+      observer_(observer),
+      blocking_context_(static_cast<int>(std::max<std::size_t>(1, options.blocking_slots))),
+      blocking_work_(asio::make_work_guard(blocking_context_)) {
   options_.blocking_slots = std::max<std::size_t>(1, options_.blocking_slots);
   options_.concurrency = std::max<std::size_t>(1, options_.concurrency);
+  for (std::size_t i = 0; i < options_.blocking_slots; ++i) {
+    blocking_threads_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "switchyard-blk");
+      blocking_context_.run();
+    });
+  }
+}
+
+ThreadExecutor::~ThreadExecutor() {
+  halt();
+}
+
+void ThreadExecutor::spread_over(std::vector<asio::io_context*> contexts) {
+  spread_ = std::move(contexts);
+}
+
+void ThreadExecutor::halt() {
+  std::call_once(halted_, [this] {
+    {
+      std::lock_guard lock(mutex_);
+      closed_ = true;  // a run that ends now starts no queued one
+    }
+    blocking_work_.reset();  // each thread returns once no blocking run is left
+    for (auto& thread : blocking_threads_) thread.join();
+  });
 }
 
 bool ThreadExecutor::can_start(const Execution& run) const {
@@ -110,7 +154,14 @@ void ThreadExecutor::reserve(const std::shared_ptr<Execution>& run) {
 void ThreadExecutor::launch(std::shared_ptr<Execution> run) {
   const bool blocking = static_cast<bool>(run->type().blocking);
 
-  auto state = std::make_shared<ThreadRun>(context_);
+  // An async run stays on the io thread that submitted it (its request waits there for the
+  // end); a blocking one goes to the blocking threads, its deadline to an io thread.
+  asio::io_context* home_context = current_io_context();
+  if (home_context == nullptr) {
+    home_context = spread_.empty() ? &context_ : spread_[next_spread_.fetch_add(1) % spread_.size()];
+  }
+  asio::io_context& home = *home_context;
+  auto state = std::make_shared<ThreadRun>(blocking ? blocking_context_ : home, home);
   run->arm_stop([state](StopReason) {
     asio::post(state->strand, [state] {
       if (!state->done) state->cancel.emit(asio::cancellation_type::terminal);

@@ -9,6 +9,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 
 #include "workers/execution.hpp"
@@ -19,7 +22,24 @@ namespace switchyard::workers {
 /// Settings of the thread model.
 struct ThreadOptions {
   std::size_t concurrency = 10000;  ///< jobs running at once (waiting coroutines cost no thread)
-  std::size_t blocking_slots = 1;   ///< blocking (cpu-kind) jobs at once: keeps threads free for HTTP
+  std::size_t blocking_slots = 1;   ///< blocking (cpu-kind) jobs at once, each on a thread of its own
+};
+
+/// The io_context the calling thread drives, as marked by an `IoThreadMark`; nullptr on any other
+/// thread (the process pool's, a store's, a blocking job's).
+boost::asio::io_context* current_io_context() noexcept;
+
+/// Marks the calling thread, for the mark's lifetime, as the one driving `context`: async runs
+/// submitted from it start on that context, next to the request that submitted them.
+class IoThreadMark {
+ public:
+  explicit IoThreadMark(boost::asio::io_context& context) noexcept;
+  ~IoThreadMark();
+  IoThreadMark(const IoThreadMark&) = delete;
+  IoThreadMark& operator=(const IoThreadMark&) = delete;
+
+ private:
+  boost::asio::io_context* previous_;
 };
 
 /// A snapshot for /v1/stats and metrics.
@@ -29,13 +49,32 @@ struct ThreadStats {
   std::size_t queued = 0;
 };
 
-/// The thread model: runs jobs as coroutines on the shared io_context. Each run gets its own
-/// strand; its timeout and DELETE reach it as Asio cancellation (async types) and as the stop
-/// flag (blocking types, which poll it). A thread cannot be killed, so a stop is a request.
-/// Thread-safety: all public members are thread-safe.
+/// The thread model. An async run is a coroutine on the io_context of the io thread that submits
+/// it (`current_io_context()`; when the submitter is no io thread, see spread_over()).
+/// A blocking run (a cpu type sent to this model) runs on one of `blocking_slots` threads of the
+/// executor's own, so it never holds up an io thread and the connections it serves. Each run gets
+/// its own strand; its deadline timer lives on an io thread's context, so it fires however busy
+/// the blocking threads are; timeout and DELETE reach a run as Asio cancellation (async types)
+/// and as the stop flag (blocking types, which poll it). A thread cannot be killed, so a stop is
+/// a request.
+/// Thread-safety: all public members are thread-safe, except spread_over() and halt() (see there).
 class ThreadExecutor {
  public:
   ThreadExecutor(boost::asio::io_context& context, ThreadOptions options, ExecutionObserver& observer);
+  ~ThreadExecutor();
+  ThreadExecutor(const ThreadExecutor&) = delete;
+  ThreadExecutor& operator=(const ThreadExecutor&) = delete;
+
+  /// The io contexts that runs submitted from no io thread (a queued run started by another's
+  /// end on a blocking thread, the shared store's claims) start on, in turn. Call before the
+  /// first submit(); without it they start on the context given at construction.
+  void spread_over(std::vector<boost::asio::io_context*> contexts);
+
+  /// Starts no more runs and joins the blocking threads once the blocking runs under way have
+  /// ended (a thread cannot be killed: one that never polls its stop flag holds this up) and been
+  /// reported. Idempotent. Call it once nothing submits any more (the io threads have stopped)
+  /// and before the observer goes away.
+  void halt();
 
   /// Starts the run now if there is capacity, else queues it (priority, then FIFO).
   void submit(std::shared_ptr<Execution> run);
@@ -68,6 +107,13 @@ class ThreadExecutor {
   std::size_t blocking_running_ = 0;
   std::size_t queued_blocking_ = 0;  // blocking runs among the queued
   bool closed_ = false;
+  std::vector<boost::asio::io_context*> spread_;
+  std::atomic<std::size_t> next_spread_{0};
+
+  boost::asio::io_context blocking_context_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> blocking_work_;
+  std::vector<std::thread> blocking_threads_;
+  std::once_flag halted_;
 };
 
 }  // namespace switchyard::workers

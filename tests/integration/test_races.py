@@ -63,11 +63,19 @@ def test_blocking_jobs_on_threads_do_not_hold_up_io_jobs(server_factory):
     assert time.monotonic() - t0 < 1.0
 
 
-def test_one_io_thread_refuses_blocking_jobs_on_the_thread_model(server_factory):
+def test_one_io_thread_runs_blocking_jobs_on_the_thread_model_beside_it(server_factory):
+    # A cpu type sent to the thread model runs on the executor's blocking thread, so the one io
+    # thread goes on serving requests and running io jobs meanwhile.
     s = server_factory("--io-threads", "1", "--process-workers", "1")
-    body = sy.assert_validation(s.submit("burn", {"ms": 100}, model="thread"), "/model", "validation_failed")
-    assert "process" in str(body)
-    assert s.submit("sleep", {"ms": 1}, model="thread").status == 202
+    job = s.submit_ok("burn", {"ms": 1500}, model="thread")
+    sy.wait_until(lambda: s.job(job["id"])["status"] == "running", 5, message="burn running")
+    t0 = time.monotonic()
+    r = s.submit("sleep", {"ms": 10}, model="thread", headers={"Prefer": "wait=5"})
+    assert r.status == 200 and r.body["status"] == "succeeded", r.body
+    assert s.get("/healthz").status == 200
+    assert time.monotonic() - t0 < 0.5
+    done = s.wait_job(job["id"])
+    assert done["status"] == "succeeded" and done["model"] == "thread", done
 
 
 def test_v1_needs_a_token_before_anything_else(server_factory, tmp_path):

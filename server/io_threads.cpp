@@ -1,0 +1,87 @@
+#include "server/io_threads.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include <pthread.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+
+#include "workers/thread_executor.hpp"
+
+namespace switchyard::server {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr auto kStretch = std::chrono::milliseconds(10);
+constexpr double kSpill = 0.5;
+
+std::int64_t cpu_ns(clockid_t clock) {
+  timespec now{};
+  if (clock_gettime(clock, &now) != 0) return 0;
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
+}  // namespace
+
+IoThreads::IoThreads(int count) {
+  // Concurrency hint 1: each context is run by one thread (other threads still post to it).
+  for (int i = 0; i < std::max(1, count); ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
+  cpu_ns_.assign(contexts_.size(), 0);
+  busy_.assign(contexts_.size(), 0.0);
+}
+
+void IoThreads::run() {
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  for (auto& context : contexts_) work.push_back(asio::make_work_guard(*context));  // idle is not done
+  for (std::size_t i = 1; i < contexts_.size(); ++i) {
+    threads_.emplace_back([this, i] {
+      const std::string name = "switchyard-io-" + std::to_string(i);
+      pthread_setname_np(pthread_self(), name.c_str());
+      const workers::IoThreadMark mark(*contexts_[i]);
+      contexts_[i]->run();
+    });
+  }
+  clocks_.assign(contexts_.size(), CLOCK_THREAD_CPUTIME_ID);
+  pthread_getcpuclockid(pthread_self(), &clocks_[0]);
+  for (std::size_t i = 1; i < contexts_.size(); ++i)
+    pthread_getcpuclockid(threads_[i - 1].native_handle(), &clocks_[i]);
+  for (std::size_t i = 0; i < contexts_.size(); ++i) cpu_ns_[i] = cpu_ns(clocks_[i]);
+  measured_at_ = Clock::now();
+  {
+    const workers::IoThreadMark mark(*contexts_[0]);
+    contexts_[0]->run();
+  }
+  for (auto& thread : threads_) thread.join();
+  threads_.clear();
+}
+
+void IoThreads::stop() {
+  for (auto& context : contexts_) context->stop();
+}
+
+std::size_t IoThreads::choose(const std::vector<double>& busy) {
+  for (std::size_t i = 0; i < busy.size(); ++i) {
+    if (busy[i] < kSpill) return i;
+  }
+  return static_cast<std::size_t>(std::min_element(busy.begin(), busy.end()) - busy.begin());
+}
+
+std::size_t IoThreads::place() {
+  if (contexts_.size() == 1) return 0;
+  const auto now = Clock::now();
+  if (!clocks_.empty() && now - measured_at_ >= kStretch) {
+    const double stretch_ns = static_cast<double>(std::chrono::nanoseconds(now - measured_at_).count());
+    for (std::size_t i = 0; i < contexts_.size(); ++i) {
+      const std::int64_t used = cpu_ns(clocks_[i]);
+      busy_[i] = static_cast<double>(used - cpu_ns_[i]) / stretch_ns;
+      cpu_ns_[i] = used;
+    }
+    measured_at_ = now;
+  }
+  return choose(busy_);
+}
+
+}  // namespace switchyard::server
