@@ -316,6 +316,9 @@ def wrk(url, connections, seconds, script=None):
     result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     result["socket_errors"] = sum(int(x) for x in errors.groups()) if errors else 0
+    result["socket_error_kinds"] = errors.group(0) if errors else ""
+    latency_max = re.search(r"^\s+Latency\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out, re.M)
+    result["max_ms"] = float(latency_max.group(1)) * _UNITS[latency_max.group(2)] if latency_max else None
     return result
 
 

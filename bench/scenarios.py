@@ -78,7 +78,9 @@ def e2e(result, key="p99"):
 def check_wrk(ctx, label, result):
     """Records a wrk run that got answers other than 2xx or lost connections."""
     if result["non_2xx"] or result["socket_errors"]:
-        ctx.problems.append(f"{label}: {result['non_2xx']} non-2xx, {result['socket_errors']} socket errors")
+        ctx.problems.append(f"{label}: {result['non_2xx']} non-2xx, {result['socket_errors']} socket errors "
+                            f"({result.get('socket_error_kinds', '')}; max latency {result.get('max_ms')} ms, "
+                            f"{result['rps']:.0f} requests/s)")
 
 
 def scenario_http(ctx):
