@@ -122,9 +122,7 @@ int run_server(const Config& config) {
     return 1;
   }
 
-  std::vector<asio::io_context*> io_contexts;
-  for (std::size_t i = 0; i < io.size(); ++i) io_contexts.push_back(&io.context(i));
-  dispatcher.spread_thread_jobs(std::move(io_contexts));
+  dispatcher.spread_thread_jobs(io.contexts());
   dispatcher.start();
   http.start();
   log::event(spdlog::level::info, "listening",

@@ -33,6 +33,12 @@ IoThreads::IoThreads(int count) {
   busy_.assign(contexts_.size(), 0.0);
 }
 
+std::vector<asio::io_context*> IoThreads::contexts() const {
+  std::vector<asio::io_context*> all;
+  for (const auto& context : contexts_) all.push_back(context.get());
+  return all;
+}
+
 void IoThreads::run() {
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
   for (auto& context : contexts_) work.push_back(asio::make_work_guard(*context));  // idle is not done

@@ -31,6 +31,7 @@ class IoThreads {
   [[nodiscard]] std::size_t size() const { return contexts_.size(); }
   boost::asio::io_context& context(std::size_t index) { return *contexts_[index]; }
   boost::asio::io_context& main() { return *contexts_.front(); }
+  [[nodiscard]] std::vector<boost::asio::io_context*> contexts() const;
 
   /// Drives context 0 on the calling thread and each other one on a thread of its own (named
   /// switchyard-io-N) until stop(); returns once every thread has.

@@ -67,7 +67,7 @@ struct Places : workers::ExecutionObserver {
 
 struct Rig {
   Rig() : catalogue(workers::make_builtin_catalogue({})), executor(io.main(), options(), places) {
-    executor.spread_over({&io.context(0), &io.context(1)});
+    executor.spread_over(io.contexts());
     runner = std::thread([this] { io.run(); });
   }
   ~Rig() {
