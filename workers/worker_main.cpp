@@ -7,7 +7,10 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sched.h>
@@ -26,21 +29,43 @@
 namespace switchyard::workers {
 namespace {
 
-/// Reads exactly `size` bytes; false on EOF or error.
-bool read_exact(int fd, void* data, std::size_t size) {
-  auto* p = static_cast<char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::read(fd, p, size);
-    if (n == 0) return false;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
+/// The worker's end of the socket, read in pieces as large as what has arrived: the server sends
+/// a run frame's header and payload together, so one read() usually takes the whole frame,
+/// where reading the header and then the payload cost two system calls per job.
+class FrameInput {
+ public:
+  explicit FrameInput(int fd) : fd_(fd) {}
+
+  /// Makes `size` unread bytes available and returns them (valid until the next call), or
+  /// nullopt on end of file or error.
+  std::optional<std::string_view> take(std::size_t size) {
+    if (end_ - begin_ < size) {
+      buffer_.erase(0, begin_);  // the rest of a piece moves to the front (nothing, usually)
+      end_ -= begin_;
+      begin_ = 0;
+      if (buffer_.size() < size) buffer_.resize(std::max(size, kPiece));
+      while (end_ < size) {
+        const ssize_t n = ::read(fd_, buffer_.data() + end_, buffer_.size() - end_);
+        if (n == 0) return std::nullopt;
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return std::nullopt;
+        }
+        end_ += static_cast<std::size_t>(n);
+      }
     }
-    p += n;
-    size -= static_cast<std::size_t>(n);
+    const std::string_view bytes(buffer_.data() + begin_, size);
+    begin_ += size;
+    return bytes;
   }
-  return true;
-}
+
+ private:
+  static constexpr std::size_t kPiece = 64 * 1024;
+  int fd_;
+  std::string buffer_;
+  std::size_t begin_ = 0;  // unread bytes are [begin_, end_)
+  std::size_t end_ = 0;
+};
 
 bool write_all(int fd, const std::string& data) {
   const char* p = data.data();
@@ -105,10 +130,11 @@ void set_limit(int resource, rlim_t soft, rlim_t hard, const char* name) {
 /// Gives the next job `seconds` of CPU time from now: SIGXCPU ends the worker past it, and the
 /// server reports the job failed with cpu_limit. The hard limit stays where it is, so the soft
 /// limit can move forward for every job.
-void arm_cpu_limit(std::size_t seconds) {
+/// `used_ms` is the process's CPU time so far.
+void arm_cpu_limit(std::size_t seconds, double used_ms) {
   rlimit current{};
   if (::getrlimit(RLIMIT_CPU, &current) != 0) return;
-  const auto used_s = static_cast<rlim_t>(process_cpu_ms() / 1000.0) + 1;
+  const auto used_s = static_cast<rlim_t>(used_ms / 1000.0) + 1;
   rlim_t soft = used_s + seconds;
   if (current.rlim_max != RLIM_INFINITY) soft = std::min(soft, current.rlim_max);
   set_limit(RLIMIT_CPU, soft, current.rlim_max, "RLIMIT_CPU");
@@ -178,28 +204,33 @@ int worker_main(const WorkerOptions& options) {
   nlohmann::json hello = {{"pid", ::getpid()}, {"cpu_total_ms", process_cpu_ms()}};
   if (!write_all(fd, encode_frame(FrameType::hello, no_job, hello.dump()))) return 1;
 
-  std::array<std::uint8_t, kFrameHeaderSize> header_bytes{};
-  std::string payload;
+  FrameInput input(fd);
+  // One CPU clock reading per job: a job's count runs from the end of the previous job's run
+  // (or the hello), so it includes answering that job and reading this one's frame (a few µs).
+  double cpu_mark = hello["cpu_total_ms"].get<double>();
   for (;;) {
-    if (!read_exact(fd, header_bytes.data(), header_bytes.size())) return 0;  // server closed
-    const auto decoded = decode_frame_header(header_bytes);
+    const auto header_bytes = input.take(kFrameHeaderSize);
+    if (!header_bytes) return 0;  // server closed
+    const auto decoded = decode_frame_header(std::span<const std::uint8_t, kFrameHeaderSize>(
+        reinterpret_cast<const std::uint8_t*>(header_bytes->data()), kFrameHeaderSize));
     if (!decoded.header || decoded.header->type != FrameType::run) {
       std::fprintf(stderr, "switchyard worker: bad frame from server\n");
       return 2;
     }
-    payload.resize(decoded.header->length);
-    if (!read_exact(fd, payload.data(), payload.size())) return 0;
+    const auto payload = input.take(decoded.header->length);
+    if (!payload) return 0;
 
-    nlohmann::json request = nlohmann::json::parse(payload, nullptr, false);
+    nlohmann::json request = nlohmann::json::parse(*payload, nullptr, false);
     if (!request.is_object() || !request.contains("type") || !request["type"].is_string() ||
         !request.contains("input")) {
       std::fprintf(stderr, "switchyard worker: malformed run payload\n");
       return 2;
     }
-    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds);
-    const double cpu_before = process_cpu_ms();
+    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds, cpu_mark);
+    const double cpu_before = cpu_mark;
     Outcome outcome = run_job(catalogue, request);
     const double cpu_after = process_cpu_ms();
+    cpu_mark = cpu_after;
 
     nlohmann::json reply = {{"ok", outcome.ok}, {"cpu_ms", cpu_after - cpu_before}, {"cpu_total_ms", cpu_after}};
     if (outcome.ok) {

@@ -71,6 +71,23 @@ def test_hash_iterations_changes_digest(server):
     assert len(many["result"]["hex"]) == 64 and many["result"]["hex"] != one["result"]["hex"]
 
 
+def test_one_worker_reads_large_and_small_frames_in_turn(server_factory):
+    # The worker reads its socket in pieces of 64 KiB: frames larger than a piece (and than the
+    # socket's buffer), exactly around it, and small ones, in turn on one worker, each answered
+    # with the digest of its own data.
+    s = server_factory("--process-workers", "1")
+    sizes = [300_000, 10, 65_536 - 120, 65_536, 70_000, 3, 1_000_000, 1]
+    data = {n: "".join(chr(ord("a") + (i * 7 + n) % 26) for i in range(n)) for n in sizes}
+    ids = [(n, s.submit_ok("hash", {"data": data[n]})["id"]) for n in sizes]
+    pids = set()
+    for n, jid in ids:
+        final = s.wait_job(jid, timeout=30)
+        assert final["status"] == "succeeded", (n, final)
+        assert final["result"]["hex"] == hashlib.sha256(data[n].encode()).hexdigest(), n
+        pids.add(final["worker_pid"])
+    assert len(pids) == 1, f"the jobs did not share one worker: {pids}"
+
+
 def test_concurrent_cpu_jobs_use_different_workers(server):
     a = server.submit_ok("burn", {"ms": 300})
     b = server.submit_ok("burn", {"ms": 300})
