@@ -1,10 +1,12 @@
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <thread>
 #include <vector>
 
+#include <sched.h>
 #include <time.h>
 
 #include <boost/asio/post.hpp>
@@ -37,6 +39,41 @@ void spin(std::chrono::nanoseconds cpu) {
   const auto until = used() + cpu;
   while (used() < until) {
   }
+}
+
+/// The calling thread's CPU time.
+std::chrono::nanoseconds thread_cpu() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
+}
+
+/// Pins the calling thread to one CPU until destroyed, then restores its former set.
+class PinnedToCpu {
+ public:
+  explicit PinnedToCpu(int cpu) {
+    sched_getaffinity(0, sizeof before_, &before_);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+  }
+  ~PinnedToCpu() { sched_setaffinity(0, sizeof before_, &before_); }
+  PinnedToCpu(const PinnedToCpu&) = delete;
+  PinnedToCpu& operator=(const PinnedToCpu&) = delete;
+
+ private:
+  cpu_set_t before_{};
+};
+
+/// The first CPU this process may run on.
+int first_allowed_cpu() {
+  cpu_set_t allowed;
+  sched_getaffinity(0, sizeof allowed, &allowed);
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &allowed)) return cpu;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -87,6 +124,45 @@ TEST_CASE("io threads: a connection goes to the second thread while the first is
   std::this_thread::sleep_for(30ms);
   CHECK(on_context(io, 0, [&io] { return io.place(); }) == 0);
   CHECK(io.busy()[0] < 0.5);
+  io.stop();
+  runner.join();
+}
+
+TEST_CASE("io threads: a thread that waits for a core counts as busy, not only its CPU time") {
+  server::IoThreads io(2);
+  std::thread runner([&io] { io.run(); });
+  std::this_thread::sleep_for(20ms);
+  const int cpu = first_allowed_cpu();
+
+  // A hog and the second io thread share one core for 100 ms of wall time: the io thread is
+  // runnable all along but runs about half of it. Its CPU time says half idle; its demand
+  // (on a CPU plus waiting for one) says busy.
+  std::atomic<bool> hogging{false};
+  std::atomic<bool> stop{false};
+  std::thread hog([&] {
+    const PinnedToCpu pinned(cpu);
+    hogging = true;
+    while (!stop) {
+    }
+  });
+  while (!hogging) std::this_thread::yield();
+  on_context(io, 0, [&io] { return io.place(); });  // the stretch starts here
+  const auto cpu_used = on_context(io, 1, [cpu] {
+    const PinnedToCpu pinned(cpu);
+    const auto cpu_start = thread_cpu();
+    const auto until = std::chrono::steady_clock::now() + 100ms;
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    return thread_cpu() - cpu_start;
+  });
+  on_context(io, 0, [&io] { return io.place(); });  // and ends here
+  stop = true;
+  hog.join();
+
+  MESSAGE("second io thread: " << std::chrono::duration<double, std::milli>(cpu_used).count()
+                               << " ms of CPU in 100 ms; busy " << io.busy()[1]);
+  CHECK(cpu_used < 80ms);  // it did share the core: its CPU time alone would look under 0.8 busy
+  CHECK(io.busy()[1] > 0.8);
   io.stop();
   runner.join();
 }
