@@ -27,20 +27,21 @@ std::int64_t cpu_ns(clockid_t clock) {
   return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
 }
 
-/// On-CPU plus run-queue nanoseconds from a schedstat file ("<on cpu> <waiting> <slices>"), read
-/// again from its start; -1 if it cannot be read.
-std::int64_t schedstat_ns(int fd) {
+/// The run-queue nanoseconds from a schedstat file ("<on cpu> <waiting> <slices>"), read again
+/// from its start; -1 if it cannot be read. (Its on-CPU figure is not used: for a thread on a CPU
+/// it lags by up to a scheduler tick, where the thread's CPU clock is exact.)
+std::int64_t schedstat_wait_ns(int fd) {
   char text[96];
   const ssize_t n = ::pread(fd, text, sizeof text - 1, 0);
   if (n <= 0) return -1;
   text[n] = '\0';
   char* end = nullptr;
-  const long long on_cpu = std::strtoll(text, &end, 10);
+  std::strtoll(text, &end, 10);
   if (end == text) return -1;
   const char* waiting_at = end;
   const long long waiting = std::strtoll(waiting_at, &end, 10);
   if (end == waiting_at) return -1;
-  return on_cpu + waiting;
+  return waiting;
 }
 
 }  // namespace
@@ -49,6 +50,7 @@ IoThreads::IoThreads(int count) : tids_(static_cast<std::size_t>(std::max(1, cou
   // Concurrency hint 1: each context is run by one thread (other threads still post to it).
   for (int i = 0; i < std::max(1, count); ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
   schedstat_fds_.assign(contexts_.size(), -1);
+  wait_ns_.assign(contexts_.size(), 0);
   cpu_ns_.assign(contexts_.size(), 0);
   busy_.assign(contexts_.size(), 0.0);
 }
@@ -60,20 +62,23 @@ IoThreads::~IoThreads() {
 }
 
 std::int64_t IoThreads::demand_ns(std::size_t index) {
+  const std::int64_t ran = cpu_ns(clocks_[index]);
   int& fd = schedstat_fds_[index];
   if (fd == -1) {
     const std::string path = "/proc/self/task/" + std::to_string(tids_[index].load()) + "/schedstat";
     fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fd = -2;  // not there: the CPU clock from now on
+    if (fd < 0) fd = -2;  // not there: the CPU clock alone from now on
   }
   if (fd >= 0) {
-    const std::int64_t ns = schedstat_ns(fd);
-    if (ns >= 0) return ns;
-    ::close(fd);
-    fd = -2;
-    cpu_ns_[index] = cpu_ns(clocks_[index]);  // a new baseline: the two counts do not compare
+    const std::int64_t waited = schedstat_wait_ns(fd);
+    if (waited >= 0) {
+      wait_ns_[index] = waited;
+    } else {
+      ::close(fd);  // the wait stays at its last reading: no more of it is counted
+      fd = -2;
+    }
   }
-  return cpu_ns(clocks_[index]);
+  return ran + wait_ns_[index];
 }
 
 std::vector<asio::io_context*> IoThreads::contexts() const {
@@ -87,6 +92,7 @@ void IoThreads::run() {
     tids_[i].store(0);
     if (schedstat_fds_[i] >= 0) ::close(schedstat_fds_[i]);
     schedstat_fds_[i] = -1;
+    wait_ns_[i] = 0;
   }
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work;
   for (auto& context : contexts_) work.push_back(asio::make_work_guard(*context));  // idle is not done

@@ -46,10 +46,11 @@ class IoThreads {
   /// last stretch measured (10 ms or more, since the previous placement), else the least busy.
   /// Connections pack onto the first thread while it keeps up, which on a small machine spares
   /// the wakeups of a second, and spill to the next ones when it does not.
-  /// Busy is demand: time on a CPU plus time runnable but waiting for one, from the kernel's
-  /// /proc/self/task/<tid>/schedstat. On a loaded machine a thread that waits for a core is
-  /// busy, though its CPU time alone would say it is half idle. Where schedstat cannot be read
-  /// (a kernel without it), the thread's CPU clock is used instead.
+  /// Busy is demand: the thread's CPU time plus the time it was runnable but waiting for a
+  /// core, from the kernel's /proc/self/task/<tid>/schedstat. On a loaded machine a thread that
+  /// waits for a core is busy, though its CPU time alone would say it is half idle. Where
+  /// schedstat cannot be read (or its scheduler statistics are off, all zero), the CPU time
+  /// alone is used. A wait still under way is counted once the thread gets its core.
   std::size_t place();
 
   /// Each thread's busy share (demand over wall time) of the stretch place() measured last.
@@ -61,12 +62,13 @@ class IoThreads {
  private:
   std::vector<std::unique_ptr<boost::asio::io_context>> contexts_;
   std::vector<std::thread> threads_;
-  /// Nanoseconds of demand (schedstat) or, failing that, of CPU time of thread `index` so far.
+  /// Nanoseconds of demand of thread `index` so far: its CPU clock plus its schedstat wait.
   std::int64_t demand_ns(std::size_t index);
 
   std::vector<clockid_t> clocks_;       // each thread's CPU clock, set by run() before context 0 runs
   std::vector<std::atomic<int>> tids_;  // each thread's kernel id, set by the thread itself; 0 until then
   std::vector<int> schedstat_fds_;      // each thread's schedstat: -1 not yet opened, -2 unreadable
+  std::vector<std::int64_t> wait_ns_;   // each thread's run-queue wait at its last good reading
   std::vector<std::int64_t> cpu_ns_;    // demand at the last measurement
   std::vector<double> busy_;            // share of the last stretch each thread ran or waited for a core
   Clock::time_point measured_at_{};

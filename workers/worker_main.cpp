@@ -29,9 +29,10 @@
 namespace switchyard::workers {
 namespace {
 
-/// The worker's end of the socket, read in pieces as large as what has arrived: the server sends
-/// a run frame's header and payload together, so one read() usually takes the whole frame,
-/// where reading the header and then the payload cost two system calls per job.
+/// The worker's end of the socket, read in pieces as large as what has arrived (64 KiB, or a
+/// larger frame's whole size): the server sends a run frame's header and payload together, so
+/// one read() usually takes the whole frame, where reading the header and then the payload cost
+/// two system calls per job.
 class FrameInput {
  public:
   explicit FrameInput(int fd) : fd_(fd) {}
@@ -40,9 +41,14 @@ class FrameInput {
   /// nullopt on end of file or error.
   std::optional<std::string_view> take(std::size_t size) {
     if (end_ - begin_ < size) {
-      buffer_.erase(0, begin_);  // the rest of a piece moves to the front (nothing, usually)
+      // Unread bytes (none, usually: the server sends nothing ahead) move to the front; the
+      // buffer keeps at least a piece's room.
+      if (begin_ < end_) std::memmove(buffer_.data(), buffer_.data() + begin_, end_ - begin_);
       end_ -= begin_;
       begin_ = 0;
+      if (end_ == 0 && buffer_.size() > kPiece && size <= kPiece) {
+        buffer_ = std::string(kPiece, '\0');  // a large frame's room is not kept for the small ones after it
+      }
       if (buffer_.size() < size) buffer_.resize(std::max(size, kPiece));
       while (end_ < size) {
         const ssize_t n = ::read(fd_, buffer_.data() + end_, buffer_.size() - end_);
@@ -130,11 +136,10 @@ void set_limit(int resource, rlim_t soft, rlim_t hard, const char* name) {
 /// Gives the next job `seconds` of CPU time from now: SIGXCPU ends the worker past it, and the
 /// server reports the job failed with cpu_limit. The hard limit stays where it is, so the soft
 /// limit can move forward for every job.
-/// `used_ms` is the process's CPU time so far.
-void arm_cpu_limit(std::size_t seconds, double used_ms) {
+void arm_cpu_limit(std::size_t seconds) {
   rlimit current{};
   if (::getrlimit(RLIMIT_CPU, &current) != 0) return;
-  const auto used_s = static_cast<rlim_t>(used_ms / 1000.0) + 1;
+  const auto used_s = static_cast<rlim_t>(process_cpu_ms() / 1000.0) + 1;
   rlim_t soft = used_s + seconds;
   if (current.rlim_max != RLIM_INFINITY) soft = std::min(soft, current.rlim_max);
   set_limit(RLIMIT_CPU, soft, current.rlim_max, "RLIMIT_CPU");
@@ -205,9 +210,6 @@ int worker_main(const WorkerOptions& options) {
   if (!write_all(fd, encode_frame(FrameType::hello, no_job, hello.dump()))) return 1;
 
   FrameInput input(fd);
-  // One CPU clock reading per job: a job's count runs from the end of the previous job's run
-  // (or the hello), so it includes answering that job and reading this one's frame (a few µs).
-  double cpu_mark = hello["cpu_total_ms"].get<double>();
   for (;;) {
     const auto header_bytes = input.take(kFrameHeaderSize);
     if (!header_bytes) return 0;  // server closed
@@ -226,11 +228,10 @@ int worker_main(const WorkerOptions& options) {
       std::fprintf(stderr, "switchyard worker: malformed run payload\n");
       return 2;
     }
-    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds, cpu_mark);
-    const double cpu_before = cpu_mark;
+    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds);
+    const double cpu_before = process_cpu_ms();
     Outcome outcome = run_job(catalogue, request);
     const double cpu_after = process_cpu_ms();
-    cpu_mark = cpu_after;
 
     nlohmann::json reply = {{"ok", outcome.ok}, {"cpu_ms", cpu_after - cpu_before}, {"cpu_total_ms", cpu_after}};
     if (outcome.ok) {

@@ -73,10 +73,12 @@ def test_hash_iterations_changes_digest(server):
 
 def test_one_worker_reads_large_and_small_frames_in_turn(server_factory):
     # The worker reads its socket in pieces of 64 KiB: frames larger than a piece (and than the
-    # socket's buffer), exactly around it, and small ones, in turn on one worker, each answered
-    # with the digest of its own data.
+    # socket's buffer), of a piece less a byte, a piece and a piece and a byte, and small ones,
+    # in turn on one worker, each answered with the digest of its own data. A run frame is the
+    # 28-byte header and {"input":{"data":"<n bytes>"},"type":"hash"}, 35 bytes more than n.
     s = server_factory("--process-workers", "1")
-    sizes = [300_000, 10, 65_536 - 120, 65_536, 70_000, 3, 1_000_000, 1]
+    piece = 65_536 - 28 - 35  # the data length whose frame is exactly one piece
+    sizes = [300_000, 10, piece - 1, 5, piece, piece + 1, 70_000, 3, 1_000_000, 1]
     data = {n: "".join(chr(ord("a") + (i * 7 + n) % 26) for i in range(n)) for n in sizes}
     ids = [(n, s.submit_ok("hash", {"data": data[n]})["id"]) for n in sizes]
     pids = set()
