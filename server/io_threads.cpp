@@ -51,7 +51,7 @@ IoThreads::IoThreads(int count) : tids_(static_cast<std::size_t>(std::max(1, cou
   for (int i = 0; i < std::max(1, count); ++i) contexts_.push_back(std::make_unique<asio::io_context>(1));
   schedstat_fds_.assign(contexts_.size(), -1);
   wait_ns_.assign(contexts_.size(), 0);
-  cpu_ns_.assign(contexts_.size(), 0);
+  last_demand_ns_.assign(contexts_.size(), 0);
   busy_.assign(contexts_.size(), 0.0);
 }
 
@@ -115,7 +115,7 @@ void IoThreads::run() {
   pthread_getcpuclockid(pthread_self(), &clocks_[0]);
   for (std::size_t i = 1; i < contexts_.size(); ++i)
     pthread_getcpuclockid(threads_[i - 1].native_handle(), &clocks_[i]);
-  for (std::size_t i = 0; i < contexts_.size(); ++i) cpu_ns_[i] = demand_ns(i);
+  for (std::size_t i = 0; i < contexts_.size(); ++i) last_demand_ns_[i] = demand_ns(i);
   measured_at_ = Clock::now();
   {
     const workers::IoThreadMark mark(*contexts_[0]);
@@ -143,8 +143,8 @@ std::size_t IoThreads::place() {
     const double stretch_ns = static_cast<double>(std::chrono::nanoseconds(now - measured_at_).count());
     for (std::size_t i = 0; i < contexts_.size(); ++i) {
       const std::int64_t used = demand_ns(i);
-      busy_[i] = static_cast<double>(used - cpu_ns_[i]) / stretch_ns;
-      cpu_ns_[i] = used;
+      busy_[i] = static_cast<double>(used - last_demand_ns_[i]) / stretch_ns;
+      last_demand_ns_[i] = used;
     }
     measured_at_ = now;
   }

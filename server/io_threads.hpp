@@ -69,7 +69,7 @@ class IoThreads {
   std::vector<std::atomic<int>> tids_;  // each thread's kernel id, set by the thread itself; 0 until then
   std::vector<int> schedstat_fds_;      // each thread's schedstat: -1 not yet opened, -2 unreadable
   std::vector<std::int64_t> wait_ns_;   // each thread's run-queue wait at its last good reading
-  std::vector<std::int64_t> cpu_ns_;    // demand at the last measurement
+  std::vector<std::int64_t> last_demand_ns_;  // each thread's demand at the last measurement
   std::vector<double> busy_;            // share of the last stretch each thread ran or waited for a core
   Clock::time_point measured_at_{};
 };
