@@ -11,9 +11,13 @@ void JobStore::insert_all(const std::vector<api::Job>& jobs, const std::optional
 MemoryJobStore::MemoryJobStore(std::size_t retain_terminal) : retain_terminal_(retain_terminal) {}
 
 void MemoryJobStore::insert(api::Job job) {
+  // A new id (UUIDv7) is greater than every id before it, so it goes at the end: with that hint
+  // the map inserts in constant time, instead of a descent whose every step compares two ids
+  // that share their timestamp prefix.
+  const auto before = jobs_.size();
   auto id = job.id;
-  const auto [it, inserted] = jobs_.emplace(std::move(id), std::move(job));
-  if (inserted) by_id_.emplace(it->first, it);  // the view is of the map's own key, which stays put
+  const auto it = jobs_.emplace_hint(jobs_.end(), std::move(id), std::move(job));
+  if (jobs_.size() > before) by_id_.emplace(it->first, it);  // the view is of the map's own key, which stays put
 }
 
 const api::Job* MemoryJobStore::find(const std::string& id) const {

@@ -64,6 +64,34 @@ TEST_CASE("listing is newest first and pages with a cursor") {
   CHECK(seen == expected);
 }
 
+TEST_CASE("jobs inserted out of id order, or twice, list in id order and once") {
+  // New ids go at the end of the map (the insertion's hint); an older id, as a durable store's
+  // reload may insert, and a repeated id must still land right.
+  server::MemoryJobStore store(1000);
+  server::UuidV7Generator ids;
+  std::vector<std::string> made;
+  for (int i = 0; i < 6; ++i) made.push_back(workers::format_uuid(ids.next()));
+  for (const int i : {3, 4, 0, 5, 1, 2}) {
+    api::Job job;
+    job.id = made[static_cast<std::size_t>(i)];
+    job.type = "first";
+    store.insert(job);
+  }
+  api::Job again;
+  again.id = made[2];
+  again.type = "second";
+  store.insert(again);  // the first record of an id stays
+  CHECK(store.size() == 6);
+  REQUIRE(store.find(made[2]) != nullptr);
+  CHECK(store.find(made[2])->type == "first");
+  api::ListQuery query;
+  query.limit = 10;
+  std::vector<std::string> seen;
+  for (const auto& job : store.list(query).jobs) seen.push_back(job.id);
+  CHECK(seen == std::vector<std::string>(made.rbegin(), made.rend()));
+  for (const auto& id : made) CHECK(store.find(id) != nullptr);
+}
+
 TEST_CASE("a page that ends exactly at the last match has no cursor") {
   server::MemoryJobStore store(1000);
   fill(store, 10);
