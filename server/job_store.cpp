@@ -11,9 +11,10 @@ void JobStore::insert_all(const std::vector<api::Job>& jobs, const std::optional
 MemoryJobStore::MemoryJobStore(std::size_t retain_terminal) : retain_terminal_(retain_terminal) {}
 
 void MemoryJobStore::insert(api::Job job) {
-  // A new id (UUIDv7) is greater than every id before it, so it goes at the end: with that hint
-  // the map inserts in constant time, instead of a descent whose every step compares two ids
-  // that share their timestamp prefix.
+  // An id this server just made (UUIDv7) is greater than every id before it, so it goes at the
+  // end: with that hint the map inserts in constant time, instead of a descent whose every step
+  // compares two ids that share their timestamp prefix. Other ids (a reload, jobs claimed from a
+  // shared store) cost one comparison more and land in order.
   const auto before = jobs_.size();
   auto id = job.id;
   const auto it = jobs_.emplace_hint(jobs_.end(), std::move(id), std::move(job));

@@ -90,6 +90,27 @@ TEST_CASE("jobs inserted out of id order, or twice, list in id order and once") 
   for (const auto& job : store.list(query).jobs) seen.push_back(job.id);
   CHECK(seen == std::vector<std::string>(made.rbegin(), made.rend()));
   for (const auto& id : made) CHECK(store.find(id) != nullptr);
+
+  // The newest id again: the case the hint serves, where a repeat must not replace nor add.
+  api::Job newest_again;
+  newest_again.id = made[5];
+  newest_again.type = "second";
+  store.insert(newest_again);
+  CHECK(store.size() == 6);
+  REQUIRE(store.find(made[5]) != nullptr);
+  CHECK(store.find(made[5])->type == "first");
+
+  // The index still matches the map: the repeated job leaves both when it is evicted.
+  server::MemoryJobStore small(0);
+  api::Job one;
+  one.id = made[0];
+  small.insert(one);
+  small.insert(one);
+  small.update(made[0], [](api::Job& job) { job.status = JobStatus::succeeded; });
+  const auto evicted = small.retire(made[0]);
+  CHECK(evicted.job_ids == std::vector<std::string>{made[0]});
+  CHECK(small.find(made[0]) == nullptr);
+  CHECK(small.size() == 0);
 }
 
 TEST_CASE("a page that ends exactly at the last match has no cursor") {
