@@ -136,13 +136,12 @@ void set_limit(int resource, rlim_t soft, rlim_t hard, const char* name) {
 /// Gives the next job `seconds` of CPU time from now: SIGXCPU ends the worker past it, and the
 /// server reports the job failed with cpu_limit. The hard limit stays where it is, so the soft
 /// limit can move forward for every job.
-void arm_cpu_limit(std::size_t seconds) {
-  rlimit current{};
-  if (::getrlimit(RLIMIT_CPU, &current) != 0) return;
-  const auto used_s = static_cast<rlim_t>(process_cpu_ms() / 1000.0) + 1;
+/// `used_ms` is the process's CPU time now; `hard` the hard limit (which the worker never moves).
+void arm_cpu_limit(std::size_t seconds, double used_ms, rlim_t hard) {
+  const auto used_s = static_cast<rlim_t>(used_ms / 1000.0) + 1;
   rlim_t soft = used_s + seconds;
-  if (current.rlim_max != RLIM_INFINITY) soft = std::min(soft, current.rlim_max);
-  set_limit(RLIMIT_CPU, soft, current.rlim_max, "RLIMIT_CPU");
+  if (hard != RLIM_INFINITY) soft = std::min(soft, hard);
+  set_limit(RLIMIT_CPU, soft, hard, "RLIMIT_CPU");
 }
 
 }  // namespace
@@ -209,6 +208,8 @@ int worker_main(const WorkerOptions& options) {
   nlohmann::json hello = {{"pid", ::getpid()}, {"cpu_total_ms", process_cpu_ms()}};
   if (!write_all(fd, encode_frame(FrameType::hello, no_job, hello.dump()))) return 1;
 
+  rlimit cpu_limit{};
+  const bool limit_cpu = options.cpu_seconds > 0 && ::getrlimit(RLIMIT_CPU, &cpu_limit) == 0;
   FrameInput input(fd);
   for (;;) {
     const auto header_bytes = input.take(kFrameHeaderSize);
@@ -228,8 +229,8 @@ int worker_main(const WorkerOptions& options) {
       std::fprintf(stderr, "switchyard worker: malformed run payload\n");
       return 2;
     }
-    if (options.cpu_seconds > 0) arm_cpu_limit(options.cpu_seconds);
     const double cpu_before = process_cpu_ms();
+    if (limit_cpu) arm_cpu_limit(options.cpu_seconds, cpu_before, cpu_limit.rlim_max);
     Outcome outcome = run_job(catalogue, request);
     const double cpu_after = process_cpu_ms();
 
