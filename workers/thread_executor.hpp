@@ -45,7 +45,7 @@ class IoThreadMark {
 /// A snapshot for /v1/stats and metrics.
 struct ThreadStats {
   std::size_t running = 0;
-  std::size_t blocking = 0;  ///< running blocking jobs, each holding an io thread
+  std::size_t blocking = 0;  ///< running blocking jobs, each on a blocking thread of its own
   std::size_t queued = 0;
 };
 
